@@ -1,0 +1,8 @@
+//! The EC2/on-premises appspec: parse `appspec.yml` exactly as the AWS agent reads it
+//! (agent-behaviour.md §5.2–§5.6), but report every problem at once with `line:column`.
+
+pub mod model;
+mod parse;
+
+pub use model::*;
+pub use parse::*;

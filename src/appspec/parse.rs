@@ -1,0 +1,1 @@
+//! Parsing and validation of appspec text (filled in by the appspec work).

@@ -1,0 +1,1 @@
+//! Running one lifecycle event's scripts.

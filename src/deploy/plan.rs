@@ -1,0 +1,1 @@
+//! Appspec + unpacked bundle -> install plan.

@@ -1,0 +1,13 @@
+//! `codedeploy-agent`: a drop-in replacement for the AWS CodeDeploy host agent.
+//!
+//! The binary (`src/main.rs`) is thin; everything lives in these modules. See
+//! `ARCHITECTURE.md` for the map.
+
+pub mod appspec;
+pub mod cli;
+pub mod deploy;
+pub mod revision;
+pub mod validate;
+
+/// The agent's version, as printed by `--version` and sent to the service.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

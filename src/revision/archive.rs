@@ -1,0 +1,1 @@
+//! Safe, streaming unpacking of zip, tar and tgz bundles.
