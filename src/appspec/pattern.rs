@@ -1,0 +1,1 @@
+//! Permission `pattern`/`except` globs: only `*` is special; matched in linear time.
