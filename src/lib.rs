@@ -7,6 +7,7 @@ pub mod appspec;
 pub mod cli;
 pub mod deploy;
 pub mod revision;
+pub mod spec;
 pub mod validate;
 
 /// The agent's version, as printed by `--version` and sent to the service.

@@ -2,4 +2,5 @@
 //! disk and an appspec into files, permissions and hook runs under the deployment root.
 
 pub mod hooks;
+pub mod layout;
 pub mod plan;
