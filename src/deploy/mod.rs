@@ -3,4 +3,5 @@
 
 pub mod hooks;
 pub mod layout;
+pub mod permissions;
 pub mod plan;
