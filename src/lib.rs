@@ -5,6 +5,7 @@
 
 pub mod appspec;
 pub mod cli;
+pub mod config;
 pub mod deploy;
 pub mod revision;
 pub mod spec;

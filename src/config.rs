@@ -1,0 +1,411 @@
+//! `codedeployagent.yml`: the agent configuration, read the way operators already write it
+//! (`:key: value` Ruby-symbol keys or plain `key: value`), parsed into raw values and then
+//! validated into [`Config`]. Unknown or retired keys are logged once and ignored. Every error
+//! names the file and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use saphyr_parser::{Event, Parser, ScalarStyle};
+
+use crate::deploy::layout::DEFAULT_MAX_REVISIONS;
+
+/// The default configuration file, as the AWS agent packages it.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/codedeploy-agent/conf/codedeployagent.yml";
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("The config file {} does not exist or is not readable", .0.display())]
+    Unreadable(PathBuf),
+    #[error(
+        "An error occurred loading the CodeDeploy agent config file at {}. Error message: {message}",
+        path.display()
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {key}: {message}", path.display())]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// A scalar value from the file, resolved like Ruby's YAML reader does for the types the agent
+/// uses.
+#[derive(Debug, Clone, PartialEq)]
+enum RawValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Text(String),
+    /// A list or mapping: only `plugins` takes one.
+    Complex,
+}
+
+impl fmt::Display for RawValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawValue::Null => Ok(()),
+            RawValue::Bool(b) => write!(f, "{b}"),
+            RawValue::Int(i) => write!(f, "{i}"),
+            RawValue::Text(s) => f.write_str(s),
+            RawValue::Complex => f.write_str("<list or mapping>"),
+        }
+    }
+}
+
+fn resolve(text: &str, style: ScalarStyle) -> RawValue {
+    if style != ScalarStyle::Plain {
+        return RawValue::Text(text.to_owned());
+    }
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => RawValue::Null,
+        "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => {
+            RawValue::Bool(true)
+        }
+        "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => {
+            RawValue::Bool(false)
+        }
+        _ => text
+            .replace('_', "")
+            .parse::<i64>()
+            .map(RawValue::Int)
+            .unwrap_or_else(|_| RawValue::Text(text.to_owned())),
+    }
+}
+
+/// Reads a flat YAML mapping of scalar keys. A key given twice: the last one wins.
+fn read_flat_mapping(text: &str) -> Result<BTreeMap<String, RawValue>, String> {
+    let mut out = BTreeMap::new();
+    let mut depth = 0usize;
+    let mut key: Option<String> = None;
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.map_err(|e| {
+            format!("{} at line {} column {}", e.info(), e.marker().line(), e.marker().col() + 1)
+        })?;
+        let at = || format!("line {} column {}", span.start.line(), span.start.col() + 1);
+        match event {
+            Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) | Event::DocumentEnd => {}
+            Event::Nothing => {}
+            Event::Alias(_) => return Err(format!("aliases are not supported ({})", at())),
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                depth += 1;
+                if depth == 1 {
+                    if !matches!(event, Event::MappingStart(..)) {
+                        return Err(format!("the file must be a mapping of keys to values ({})", at()));
+                    }
+                } else if depth == 2 {
+                    match key.take() {
+                        Some(k) => {
+                            out.insert(k, RawValue::Complex);
+                        }
+                        None => return Err(format!("keys must be plain names ({})", at())),
+                    }
+                }
+            }
+            Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+            Event::Scalar(value, style, ..) => match depth {
+                0 if value.trim().is_empty() => {}
+                0 => return Err(format!("the file must be a mapping of keys to values ({})", at())),
+                1 => match key.take() {
+                    None => key = Some(value.trim_start_matches(':').to_owned()),
+                    Some(k) => {
+                        out.insert(k, resolve(&value, style));
+                    }
+                },
+                _ => {}
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// The validated configuration. Field names are the config keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file this came from; `None` when built-in defaults were used.
+    pub path: Option<PathBuf>,
+    pub program_name: String,
+    pub log_dir: PathBuf,
+    pub pid_dir: PathBuf,
+    pub root_dir: PathBuf,
+    pub verbose: bool,
+    pub wait_between_runs: u64,
+    pub proxy_uri: Option<String>,
+    pub max_revisions: u32,
+    pub disable_imds_v1: bool,
+    pub enable_auth_policy: bool,
+    pub use_fips_mode: bool,
+    pub deploy_control_endpoint: Option<String>,
+    pub s3_endpoint_override: Option<String>,
+    pub on_premises_config_file: PathBuf,
+    pub ongoing_deployment_tracking: String,
+    pub kill_agent_max_wait_time_seconds: u64,
+    pub enable_deployments_log: bool,
+    pub http_read_timeout: u64,
+    /// Ours: refuse bundles that contain symlinks at all.
+    pub reject_symlinks_in_bundle: bool,
+    /// Ours: keep setuid/setgid bits of bundle files (cleared by default).
+    pub allow_setuid_in_bundle: bool,
+    /// Ours: the AWS behaviour for hooks whose background children keep stdout/stderr open:
+    /// wait for them until the timeout and fail with code 6.
+    pub hook_wait_for_inherited_output: bool,
+    /// Ours: seconds between TERM and KILL of a timed-out hook's process group.
+    pub hook_kill_grace_seconds: u64,
+}
+
+/// Keys the AWS agent reads that this agent accepts without acting on them (process-model
+/// details of the Ruby agent).
+const IGNORED_KEYS: &[&str] = &[
+    "children",
+    "user",
+    "group",
+    "codedeploy_test_profile",
+    "use_mock_command_service",
+    "plugins",
+    "wait_after_throttle_error",
+    "wait_after_connection_problem",
+    "wait_between_spawning_children",
+    "max_runs_per_worker",
+    "instance_service_region",
+    "instance_service_endpoint",
+    "instance_service_port",
+    "shared_dir",
+    "wait_after_error",
+    "log_aws_wire",
+];
+
+impl Config {
+    /// The defaults the packaged AWS configuration file sets, for a host where the agent runs
+    /// as root.
+    pub fn system_defaults() -> Self {
+        Self {
+            path: None,
+            program_name: "codedeploy-agent".into(),
+            log_dir: "/var/log/aws/codedeploy-agent".into(),
+            pid_dir: "/opt/codedeploy-agent/state/.pid".into(),
+            root_dir: "/opt/codedeploy-agent/deployment-root".into(),
+            verbose: false,
+            wait_between_runs: 1,
+            proxy_uri: None,
+            max_revisions: DEFAULT_MAX_REVISIONS,
+            disable_imds_v1: false,
+            enable_auth_policy: false,
+            use_fips_mode: false,
+            deploy_control_endpoint: None,
+            s3_endpoint_override: None,
+            on_premises_config_file: "/etc/codedeploy-agent/conf/codedeploy.onpremises.yml".into(),
+            ongoing_deployment_tracking: "ongoing-deployment".into(),
+            kill_agent_max_wait_time_seconds: 7200,
+            enable_deployments_log: true,
+            http_read_timeout: 80,
+            reject_symlinks_in_bundle: false,
+            allow_setuid_in_bundle: false,
+            hook_wait_for_inherited_output: false,
+            hook_kill_grace_seconds: 5,
+        }
+    }
+
+    /// Defaults for a user without a configuration file: root and logs under the user's state
+    /// directory (`$XDG_STATE_HOME/codedeploy-agent`, else `~/.local/state/codedeploy-agent`),
+    /// or the system paths when running as root.
+    pub fn user_defaults() -> Self {
+        let mut config = Self::system_defaults();
+        if nix::unistd::geteuid().is_root() {
+            return config;
+        }
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("codedeploy-agent");
+        config.root_dir = state.join("deployment-root");
+        config.log_dir = state.join("log");
+        config.pid_dir = state.join("pid");
+        config
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|_| ConfigError::Unreadable(path.to_path_buf()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw = read_flat_mapping(text)
+            .map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
+        let mut config = Self::system_defaults();
+        config.path = Some(path.to_path_buf());
+        // Keys absent from the file take the AWS agent's code defaults, which differ from the
+        // packaged file for a few keys.
+        config.wait_between_runs = 30;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_owned(),
+            message,
+        };
+        for (key, value) in &raw {
+            let text = || -> Option<String> {
+                match value {
+                    RawValue::Null => None,
+                    other => Some(other.to_string()).filter(|s| !s.trim().is_empty()),
+                }
+            };
+            let boolean = || -> Result<bool, ConfigError> {
+                match value {
+                    RawValue::Bool(b) => Ok(*b),
+                    RawValue::Null => Ok(false),
+                    other => Err(invalid(key, format!("expected true or false, found {other}"))),
+                }
+            };
+            let integer = |min: i64| -> Result<u64, ConfigError> {
+                match value {
+                    RawValue::Int(i) if *i >= min => Ok(*i as u64),
+                    other => Err(invalid(key, format!("expected a whole number >= {min}, found {other}"))),
+                }
+            };
+            match key.as_str() {
+                "program_name" => config.program_name = text().unwrap_or(config.program_name),
+                "log_dir" => config.log_dir = text().map(PathBuf::from).unwrap_or(config.log_dir),
+                "pid_dir" => config.pid_dir = text().map(PathBuf::from).unwrap_or(config.pid_dir),
+                "root_dir" => {
+                    config.root_dir = text().map(PathBuf::from).unwrap_or(config.root_dir)
+                }
+                "verbose" => config.verbose = boolean()?,
+                "wait_between_runs" => config.wait_between_runs = integer(0)?,
+                "proxy_uri" => config.proxy_uri = text(),
+                "max_revisions" => {
+                    config.max_revisions = match value {
+                        RawValue::Null => DEFAULT_MAX_REVISIONS,
+                        RawValue::Int(i) if *i >= 1 && *i <= i64::from(u32::MAX) => *i as u32,
+                        other => {
+                            return Err(invalid(
+                                key,
+                                format!(
+                                    "Invalid configuration :max_revision={other}: expected a whole \
+                                     number of at least 1 (the number of deployment directories \
+                                     kept per deployment group)"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                "disable_imds_v1" => config.disable_imds_v1 = boolean()?,
+                "enable_auth_policy" => config.enable_auth_policy = boolean()?,
+                "use_fips_mode" => config.use_fips_mode = boolean()?,
+                "deploy_control_endpoint" => config.deploy_control_endpoint = text(),
+                "s3_endpoint_override" => config.s3_endpoint_override = text(),
+                "on_premises_config_file" => {
+                    config.on_premises_config_file =
+                        text().map(PathBuf::from).unwrap_or(config.on_premises_config_file)
+                }
+                "ongoing_deployment_tracking" => {
+                    let name = text().unwrap_or(config.ongoing_deployment_tracking.clone());
+                    if name.contains('/') || name == "." || name == ".." {
+                        return Err(invalid(key, format!("{name} must be a plain directory name")));
+                    }
+                    config.ongoing_deployment_tracking = name;
+                }
+                "kill_agent_max_wait_time_seconds" => {
+                    config.kill_agent_max_wait_time_seconds = integer(0)?
+                }
+                "enable_deployments_log" => {
+                    config.enable_deployments_log = !matches!(value, RawValue::Bool(false))
+                }
+                "http_read_timeout" => config.http_read_timeout = integer(1)?,
+                "reject_symlinks_in_bundle" => config.reject_symlinks_in_bundle = boolean()?,
+                "allow_setuid_in_bundle" => config.allow_setuid_in_bundle = boolean()?,
+                "hook_wait_for_inherited_output" => {
+                    config.hook_wait_for_inherited_output = boolean()?
+                }
+                "hook_kill_grace_seconds" => config.hook_kill_grace_seconds = integer(0)?,
+                "children" if !matches!(value, RawValue::Int(1) | RawValue::Null) => {
+                    return Err(invalid(key, "children can only be set to 1".into()));
+                }
+                k if IGNORED_KEYS.contains(&k) => {
+                    tracing::debug!(key = k, "configuration key is accepted but has no effect here");
+                }
+                k => {
+                    tracing::warn!(file = %path.display(), key = k, "unknown configuration key ignored");
+                }
+            }
+        }
+        if raw.get("root_dir").is_none_or(|v| *v == RawValue::Null) {
+            return Err(invalid(
+                "root_dir",
+                "is required: set :root_dir: to the deployment root, for example \
+                 /opt/codedeploy-agent/deployment-root"
+                    .into(),
+            ));
+        }
+        if config.use_fips_mode {
+            tracing::debug!("use_fips_mode is set; the region check happens when the daemon starts");
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/codedeploy-agent/conf/codedeployagent.yml"))
+    }
+
+    const SHIPPED: &str = "---\n:log_aws_wire: false\n:log_dir: '/var/log/aws/codedeploy-agent/'\n:pid_dir: '/opt/codedeploy-agent/state/.pid/'\n:program_name: codedeploy-agent\n:root_dir: '/opt/codedeploy-agent/deployment-root'\n:verbose: false\n:wait_between_runs: 1\n:proxy_uri:\n:max_revisions: 5\n";
+
+    #[test]
+    fn shipped_file_parses() {
+        let c = parse(SHIPPED).expect("valid");
+        assert_eq!(c.root_dir, PathBuf::from("/opt/codedeploy-agent/deployment-root"));
+        assert_eq!(c.log_dir, PathBuf::from("/var/log/aws/codedeploy-agent/"));
+        assert_eq!(c.wait_between_runs, 1);
+        assert_eq!(c.max_revisions, 5);
+        assert_eq!(c.proxy_uri, None);
+        assert!(!c.verbose);
+    }
+
+    #[test]
+    fn plain_keys_and_last_duplicate_wins() {
+        let c = parse("root_dir: /a\nmax_revisions: 2\n:max_revisions: 3\n").expect("valid");
+        assert_eq!(c.root_dir, PathBuf::from("/a"));
+        assert_eq!(c.max_revisions, 3);
+        assert_eq!(c.wait_between_runs, 30, "code default when absent");
+    }
+
+    #[test]
+    fn invalid_max_revisions_is_a_clear_error_naming_file_and_key() {
+        for bad in ["0", "-1", "abc", "1.5"] {
+            let err = parse(&format!(":root_dir: /a\n:max_revisions: {bad}\n")).expect_err(bad);
+            let msg = err.to_string();
+            assert!(msg.starts_with("/etc/codedeploy-agent/conf/codedeployagent.yml: max_revisions:"), "{msg}");
+            assert!(msg.contains(&format!(":max_revision={bad}")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_use_the_aws_message() {
+        let err = parse(":root_dir: [unclosed\n").expect_err("bad yaml");
+        assert!(
+            err.to_string().starts_with(
+                "An error occurred loading the CodeDeploy agent config file at /etc/codedeploy-agent/conf/codedeployagent.yml. Error message:"
+            ),
+            "{err}"
+        );
+        let err = Config::load(Path::new("/nonexistent/x.yml")).expect_err("missing");
+        assert_eq!(err.to_string(), "The config file /nonexistent/x.yml does not exist or is not readable");
+    }
+
+    #[test]
+    fn children_other_than_one_is_rejected_and_unknown_keys_ignored() {
+        assert!(parse(":root_dir: /a\n:children: 2\n").expect_err("children").to_string().contains("children can only be set to 1"));
+        assert!(parse(":root_dir: /a\n:children: 1\n:some_future_key: x\n:plugins: [codedeploy]\n").is_ok());
+    }
+
+    #[test]
+    fn root_dir_is_required() {
+        assert!(parse(":log_dir: /x\n").expect_err("no root").to_string().contains("root_dir"));
+    }
+}
