@@ -21,6 +21,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Run a whole deployment on this machine (same as invoking the binary as codedeploy-local).
     Local(LocalArgs),
+    /// Show what a local deployment would do, without changing anything.
+    Plan(LocalArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,12 +59,47 @@ impl From<TargetOs> for crate::appspec::Os {
     }
 }
 
-/// Options of `codedeploy-local`.
-#[derive(Debug, clap::Args)]
+/// Options of `codedeploy-local` (agent-behaviour.md §7), same names and defaults.
+#[derive(Debug, Clone, clap::Args)]
 pub struct LocalArgs {
-    /// Everything after `local`; the options arrive with the local-deployment work.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<OsString>,
+    /// The bundle: a directory, a tgz/tar/zip file, s3://bucket/key[?versionId=..&etag=..] or
+    /// a GitHub URL. Default: the current directory.
+    #[arg(short = 'l', long = "bundle-location", value_name = "VALUE")]
+    pub bundle_location: Option<String>,
+    /// tgz, tar, zip or directory.
+    #[arg(short = 't', long = "type", value_name = "VALUE", default_value = "directory")]
+    pub bundle_type: String,
+    /// DISALLOW, OVERWRITE or RETAIN, for files that exist but were not installed by the
+    /// previous deployment of this group. The appspec's file_exists_behavior wins.
+    #[arg(short = 'b', long = "file-exists-behavior", value_name = "VALUE", default_value = "DISALLOW")]
+    pub file_exists_behavior: String,
+    /// The deployment group id: the directory under the deployment root.
+    #[arg(
+        short = 'g',
+        long = "deployment-group",
+        value_name = "VALUE",
+        default_value = "default-local-deployment-group"
+    )]
+    pub deployment_group: String,
+    /// DEPLOYMENT_GROUP_NAME for the hooks.
+    #[arg(short = 'd', long = "deployment-group-name", value_name = "VALUE", default_value = "LocalFleet")]
+    pub deployment_group_name: String,
+    /// APPLICATION_NAME for the hooks. Default: the bundle location.
+    #[arg(short = 'a', long = "application-name", value_name = "VALUE")]
+    pub application_name: Option<String>,
+    /// Comma-separated lifecycle events to run (default: all eleven, in order).
+    #[arg(short = 'e', long = "events", value_name = "VALUE")]
+    pub events: Option<String>,
+    /// The agent configuration file. Default: /etc/codedeploy-agent/conf/codedeployagent.yml
+    /// when it exists, otherwise built-in defaults with a per-user deployment root.
+    #[arg(short = 'c', long = "agent-configuration-file", value_name = "VALUE")]
+    pub agent_configuration_file: Option<PathBuf>,
+    /// The appspec file name inside the bundle (default appspec.yml).
+    #[arg(short = 'A', long = "appspec-filename", value_name = "VALUE")]
+    pub appspec_filename: Option<String>,
+    /// Print the version and exit (codedeploy-local's -v).
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
 }
 
 /// True when the program was invoked under the name `codedeploy-local`.

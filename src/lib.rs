@@ -7,6 +7,7 @@ pub mod appspec;
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod local;
 pub mod revision;
 pub mod spec;
 pub mod validate;

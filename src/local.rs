@@ -1,0 +1,471 @@
+//! Local mode (`codedeploy-local`, `codedeploy-agent local`): validate the options exactly as
+//! the AWS developer utility does (agent-behaviour.md §7), synthesise a `TEXT/JSON` deployment
+//! spec, and run every lifecycle event through the same executor the daemon uses.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::appspec::LifecycleEvent;
+use crate::cli::LocalArgs;
+
+/// A problem with the options, printed as `ERROR: <message>` (exit 1).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LocalValidationError(pub String);
+
+const VALID_TYPES: [&str; 4] = ["tgz", "tar", "zip", "directory"];
+
+/// Events that use the last successful revision: the only ones allowed before DownloadBundle.
+const PREVIOUS_REVISION_EVENTS: [&str; 3] = ["BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"];
+
+/// Events that use the new revision, except BeforeInstall (which may precede Install).
+const NEW_REVISION_EVENTS: [&str; 5] =
+    ["AfterInstall", "ApplicationStart", "BeforeAllowTraffic", "AfterAllowTraffic", "ValidateService"];
+
+/// Where the bundle comes from, as the user gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    S3 { bucket: String, key: String, version: Option<String>, etag: Option<String> },
+    GitHub { account: String, repository: String, commit: String },
+}
+
+/// The validated options of one local run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRun {
+    pub location_text: String,
+    pub location: Location,
+    pub bundle_type: String,
+    pub file_exists_behavior: String,
+    pub deployment_group_id: String,
+    pub deployment_group_name: String,
+    pub application_name: String,
+    pub appspec_filename: Option<String>,
+    /// The events as given with `--events`, if any.
+    pub events: Option<Vec<String>>,
+}
+
+/// Validates the options in the AWS order (§7 "Validation").
+pub fn validate(args: &LocalArgs, cwd: &Path) -> Result<LocalRun, LocalValidationError> {
+    let location_text = args
+        .bundle_location
+        .clone()
+        .unwrap_or_else(|| cwd.display().to_string());
+    let err = |m: String| Err(LocalValidationError(m));
+    let t = args.bundle_type.as_str();
+    if !VALID_TYPES.contains(&t) {
+        return err(format!("type {t} is not a valid type. Must be one of tgz,tar,zip,directory"));
+    }
+    let l = &location_text;
+    let scheme = scheme_of(l);
+    if scheme.as_deref() == Some("http") {
+        return err(format!(
+            "location {l} cannot be http, only encrypted (https) url endpoints supported"
+        ));
+    }
+    let location = match scheme.as_deref() {
+        Some("s3") => parse_s3(l)?,
+        Some("https") => parse_github(l)?,
+        Some("file") => Location::Local(PathBuf::from(&l["file://".len()..])),
+        Some(_) => {
+            return err(format!(
+                "unknown location {l} cannot be determined to be S3, Github, or a local file / directory"
+            ));
+        }
+        None => Location::Local(PathBuf::from(l)),
+    };
+    if let Location::Local(path) = &location {
+        let path = if path.is_absolute() { path.clone() } else { cwd.join(path) };
+        if !path.exists() {
+            return err(format!("location {l} is specified as a file or directory which does not exist"));
+        }
+        if t == "directory" && path.is_file() {
+            return err(format!("location {l} is specified with type directory but it is a file"));
+        }
+        if t != "directory" && path.is_dir() {
+            return err(format!(
+                "location {l} is specified as a compressed local file but it is a directory"
+            ));
+        }
+        if t == "directory" {
+            match &args.appspec_filename {
+                Some(name) if !path.join(name).exists() => {
+                    return err(format!(
+                        "Expecting appspec file at location {l}/{name} but it is not found there. \
+                         Please either run the CLI from within a directory containing the {name} \
+                         file or specify a bundle location containing an {name} file in its root \
+                         directory"
+                    ));
+                }
+                None if !path.join("appspec.yml").exists() && !path.join("appspec.yaml").exists() => {
+                    return err(format!(
+                        "Expecting appspec file at location {l}/appspec.yml or {l}/appspec.yaml but \
+                         it is not found there. Please either run the CLI from within a directory \
+                         containing the appspec.yml or appspec.yaml file or specify a bundle \
+                         location containing an appspec.yml or appspec.yaml file in its root directory"
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    let events: Option<Vec<String>> =
+        args.events.as_ref().map(|e| e.split(',').map(str::to_owned).collect());
+    if let Some(events) = &events {
+        let before = |stop: &str| -> Vec<&str> {
+            events.iter().map(String::as_str).take_while(|e| *e != stop).collect()
+        };
+        if events.iter().any(|e| e == "DownloadBundle") {
+            let prior = before("DownloadBundle");
+            if NEW_REVISION_EVENTS.iter().chain(["BeforeInstall", "Install"].iter()).any(|e| prior.contains(e)) {
+                return err(format!(
+                    "The only events that can be specified before DownloadBundle are {}. Please fix \
+                     the order of your specified events: {}",
+                    PREVIOUS_REVISION_EVENTS.join(","),
+                    args.events.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        if events.iter().any(|e| e == "Install") {
+            let prior = before("Install");
+            if NEW_REVISION_EVENTS.iter().any(|e| prior.contains(e)) {
+                return err(format!(
+                    "The only events that can be specified before Install are {},DownloadBundle,BeforeInstall. \
+                     Please fix the order of your specified events: {}",
+                    PREVIOUS_REVISION_EVENTS.join(","),
+                    args.events.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let location = match location {
+        Location::Local(p) if p.is_relative() => Location::Local(cwd.join(p)),
+        other => other,
+    };
+    Ok(LocalRun {
+        application_name: args.application_name.clone().unwrap_or_else(|| location_text.clone()),
+        location_text,
+        location,
+        bundle_type: t.to_owned(),
+        file_exists_behavior: args.file_exists_behavior.clone(),
+        deployment_group_id: args.deployment_group.clone(),
+        deployment_group_name: args.deployment_group_name.clone(),
+        appspec_filename: args.appspec_filename.clone(),
+        events,
+    })
+}
+
+fn scheme_of(location: &str) -> Option<String> {
+    let (scheme, _) = location.split_once("://")?;
+    let valid = !scheme.is_empty()
+        && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    valid.then(|| scheme.to_ascii_lowercase())
+}
+
+fn parse_s3(l: &str) -> Result<Location, LocalValidationError> {
+    let rest = &l["s3://".len()..];
+    let bad = || LocalValidationError(format!("s3 location {l} not in the expected format of 's3://bucket/key'"));
+    let (bucket, path) = rest.split_once('/').ok_or_else(bad)?;
+    let (key, query) = match path.split_once('?') {
+        Some((k, q)) => (k, Some(q)),
+        None => (path, None),
+    };
+    if bucket.is_empty() || key.is_empty() {
+        return Err(bad());
+    }
+    let mut version = None;
+    let mut etag = None;
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "versionId" => version = Some(percent_decode(v)),
+            "etag" => etag = Some(percent_decode(v)),
+            _ => {}
+        }
+    }
+    Ok(Location::S3 { bucket: bucket.into(), key: percent_decode(key), version, etag })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_github(l: &str) -> Result<Location, LocalValidationError> {
+    let bad = || {
+        LocalValidationError(format!(
+            "github location {l} not in the expected format of 'https://github.com/<owner>/<repository_name>'(assumes HEAD commit) or 'https://api.github.com/repos/<owner>/<repository_name>/tarball/<commit>' or 'https://api.github.com/repos/<owner>/<repository_name>/zipball/<commit>'"
+        ))
+    };
+    let rest = &l["https://".len()..];
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !host.ends_with("github.com") {
+        return Err(LocalValidationError(format!(
+            "unknown location {l} cannot be determined to be S3, Github, or a local file / directory"
+        )));
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    if host == "github.com" && parts.len() >= 2 && !parts[0].is_empty() {
+        return Ok(Location::GitHub {
+            account: parts[0].into(),
+            repository: parts[1..].join("/"),
+            commit: "HEAD".into(),
+        });
+    }
+    if parts.len() >= 5 && parts[0] == "repos" {
+        return Ok(Location::GitHub {
+            account: parts[1].into(),
+            repository: parts[2].into(),
+            commit: parts[parts.len() - 1].into(),
+        });
+    }
+    Err(bad())
+}
+
+/// The events to run, in order: the eleven defaults when none were given; otherwise the given
+/// list with DownloadBundle and Install prepended when missing, swapped when Install would come
+/// before DownloadBundle.
+pub fn event_sequence(events: Option<&[String]>) -> Vec<String> {
+    let given: Vec<String> = match events {
+        None | Some([]) => LifecycleEvent::DEFAULT_ORDER.iter().map(|e| e.as_str().to_owned()).collect(),
+        Some(list) => list.to_vec(),
+    };
+    let mut out: Vec<String> = ["DownloadBundle", "Install"]
+        .iter()
+        .filter(|r| !given.iter().any(|e| e == *r))
+        .map(|s| (*s).to_owned())
+        .collect();
+    out.extend(given);
+    let download = out.iter().position(|e| e == "DownloadBundle");
+    let install = out.iter().position(|e| e == "Install");
+    if let (Some(d), Some(i)) = (download, install) {
+        if i < d {
+            out.swap(d, i);
+        }
+    }
+    out
+}
+
+/// `AllPossibleLifecycleEvents`: the eleven defaults plus the given events, without duplicates.
+pub fn all_possible_events(events: Option<&[String]>) -> Vec<String> {
+    let mut out: Vec<String> = LifecycleEvent::DEFAULT_ORDER.iter().map(|e| e.as_str().to_owned()).collect();
+    for e in events.unwrap_or_default() {
+        if !out.contains(e) {
+            out.push(e.clone());
+        }
+    }
+    out
+}
+
+/// Hook mapping of local mode: every possible event except DownloadBundle and Install maps to
+/// itself, so custom events named with `--events` can run.
+pub fn hook_events(events: Option<&[String]>) -> BTreeSet<String> {
+    all_possible_events(events)
+        .into_iter()
+        .filter(|e| e != "DownloadBundle" && e != "Install")
+        .collect()
+}
+
+/// A random deployment id `d-XXXXXXXXX-local` (9 chars from A-Z and 0-9).
+pub fn random_deployment_id() -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut seed = [0u8; 9];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        for (i, b) in seed.iter_mut().enumerate() {
+            *b = (nanos >> (i * 7)) as u8 ^ (std::process::id() >> i) as u8;
+        }
+    }
+    let id: String = seed.iter().map(|b| CHARS[usize::from(*b) % CHARS.len()] as char).collect();
+    format!("d-{id}-local")
+}
+
+/// The `TEXT/JSON` spec payload for this run (§7 "Execution").
+pub fn spec_json(run: &LocalRun, deployment_id: &str) -> String {
+    let revision = match &run.location {
+        Location::S3 { bucket, key, version, etag } => {
+            let mut s3 = json!({"Bucket": bucket, "Key": key, "BundleType": run.bundle_type});
+            if let Some(v) = version {
+                s3["Version"] = json!(v);
+            }
+            if let Some(e) = etag {
+                s3["ETag"] = json!(e);
+            }
+            json!({"RevisionType": "S3", "S3Revision": s3})
+        }
+        Location::GitHub { account, repository, commit } => {
+            let bundle_type = if run.bundle_type == "tar" || run.bundle_type == "zip" {
+                run.bundle_type.as_str()
+            } else {
+                "zip"
+            };
+            json!({"RevisionType": "GitHub", "GitHubRevision": {
+                "Account": account, "Repository": repository, "CommitId": commit, "BundleType": bundle_type}})
+        }
+        Location::Local(path) => {
+            let kind = if run.bundle_type == "directory" { "Local Directory" } else { "Local File" };
+            json!({"RevisionType": kind, "LocalRevision": {
+                "Location": path.display().to_string(), "BundleType": run.bundle_type}})
+        }
+    };
+    let value: Value = json!({
+        "ApplicationId": run.location_text,
+        "ApplicationName": run.application_name,
+        "AppSpecFilename": run.appspec_filename.clone().unwrap_or_else(|| "appspec.yml".into()),
+        "DeploymentGroupId": run.deployment_group_id,
+        "DeploymentGroupName": run.deployment_group_name,
+        "DeploymentId": deployment_id,
+        "AgentActionOverrides": {"AgentOverrides": {"FileExistsBehavior": run.file_exists_behavior}},
+        "Revision": revision,
+        "AllPossibleLifecycleEvents": all_possible_events(run.events.as_deref()),
+    });
+    value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> LocalArgs {
+        let mut argv = vec!["codedeploy-local"];
+        argv.extend_from_slice(extra);
+        let cli = crate::cli::parse(argv.iter().map(Into::into).collect()).expect("parses");
+        match cli.command {
+            crate::cli::Command::Local(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn bundle() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("appspec.yml"), "version: 0.0\nos: linux\n").expect("write");
+        dir
+    }
+
+    fn msg(extra: &[&str], cwd: &Path) -> String {
+        validate(&args(extra), cwd).expect_err("invalid").0
+    }
+
+    #[test]
+    fn validation_messages_in_aws_order() {
+        let b = bundle();
+        let cwd = b.path();
+        assert_eq!(msg(&["-t", "rar"], cwd), "type rar is not a valid type. Must be one of tgz,tar,zip,directory");
+        assert_eq!(
+            msg(&["-l", "http://x/y"], cwd),
+            "location http://x/y cannot be http, only encrypted (https) url endpoints supported"
+        );
+        assert_eq!(
+            msg(&["-l", "/no/such"], cwd),
+            "location /no/such is specified as a file or directory which does not exist"
+        );
+        let file = cwd.join("appspec.yml");
+        let f = file.to_str().expect("utf8");
+        assert_eq!(msg(&["-l", f], cwd), format!("location {f} is specified with type directory but it is a file"));
+        let d = cwd.to_str().expect("utf8");
+        assert_eq!(
+            msg(&["-l", d, "-t", "zip"], cwd),
+            format!("location {d} is specified as a compressed local file but it is a directory")
+        );
+        assert!(msg(&["-l", d, "-A", "other.yml"], cwd).starts_with(&format!(
+            "Expecting appspec file at location {d}/other.yml but it is not found there."
+        )));
+        let empty = tempfile::tempdir().expect("tempdir");
+        let e = empty.path().to_str().expect("utf8");
+        assert!(msg(&["-l", e], cwd).starts_with(&format!(
+            "Expecting appspec file at location {e}/appspec.yml or {e}/appspec.yaml but it is not found there."
+        )));
+        assert_eq!(
+            msg(&["-e", "Install,DownloadBundle"], cwd),
+            "The only events that can be specified before DownloadBundle are BeforeBlockTraffic,AfterBlockTraffic,ApplicationStop. Please fix the order of your specified events: Install,DownloadBundle"
+        );
+        assert_eq!(
+            msg(&["-e", "ApplicationStart,Install"], cwd),
+            "The only events that can be specified before Install are BeforeBlockTraffic,AfterBlockTraffic,ApplicationStop,DownloadBundle,BeforeInstall. Please fix the order of your specified events: ApplicationStart,Install"
+        );
+    }
+
+    #[test]
+    fn defaults_and_locations() {
+        let b = bundle();
+        let run = validate(&args(&[]), b.path()).expect("valid");
+        assert_eq!(run.location, Location::Local(b.path().to_path_buf()));
+        assert_eq!(run.deployment_group_id, "default-local-deployment-group");
+        assert_eq!(run.deployment_group_name, "LocalFleet");
+        assert_eq!(run.application_name, b.path().display().to_string());
+        assert_eq!(run.file_exists_behavior, "DISALLOW");
+        let run = validate(&args(&["-l", "s3://bkt/dir/app.zip?versionId=v1&etag=abc", "-t", "zip"]), b.path()).expect("s3");
+        assert_eq!(
+            run.location,
+            Location::S3 { bucket: "bkt".into(), key: "dir/app.zip".into(), version: Some("v1".into()), etag: Some("abc".into()) }
+        );
+        let run = validate(&args(&["-l", "https://github.com/owner/repo", "-t", "zip"]), b.path()).expect("gh");
+        assert_eq!(run.location, Location::GitHub { account: "owner".into(), repository: "repo".into(), commit: "HEAD".into() });
+        let run = validate(&args(&["-l", "https://api.github.com/repos/o/r/tarball/abc123", "-t", "tar"]), b.path()).expect("gh api");
+        assert_eq!(run.location, Location::GitHub { account: "o".into(), repository: "r".into(), commit: "abc123".into() });
+    }
+
+    #[test]
+    fn event_ordering_rules() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(event_sequence(None).len(), 11);
+        // Install is prepended, then swapped behind DownloadBundle (§7).
+        assert_eq!(
+            event_sequence(Some(&s(&["DownloadBundle", "ApplicationStart"]))),
+            s(&["DownloadBundle", "Install", "ApplicationStart"])
+        );
+        assert_eq!(event_sequence(Some(&s(&["ApplicationStart"]))), s(&["DownloadBundle", "Install", "ApplicationStart"]));
+        assert_eq!(event_sequence(Some(&s(&["Install", "DownloadBundle"]))), s(&["DownloadBundle", "Install"]));
+        let all = all_possible_events(Some(&s(&["Custom1", "ApplicationStart"])));
+        assert_eq!(all.len(), 12);
+        assert_eq!(all.last().map(String::as_str), Some("Custom1"));
+        let hooks = hook_events(Some(&s(&["Custom1"])));
+        assert!(hooks.contains("Custom1") && !hooks.contains("Install") && hooks.len() == 10);
+    }
+
+    #[test]
+    fn random_ids_have_the_aws_shape() {
+        let id = random_deployment_id();
+        assert_eq!(id.len(), "d-XXXXXXXXX-local".len());
+        assert!(id.starts_with("d-") && id.ends_with("-local"));
+        assert!(id[2..11].chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn spec_json_round_trips_through_the_spec_parser() {
+        let b = bundle();
+        let run = validate(&args(&["-b", "overwrite"]), b.path()).expect("valid");
+        let json = spec_json(&run, "d-ABCDEFGHI-local");
+        let spec = crate::spec::parse_envelope(Some("TEXT/JSON"), &json, true).expect("parses");
+        assert_eq!(spec.deployment_id, "d-ABCDEFGHI-local");
+        assert_eq!(spec.file_exists_behavior, "OVERWRITE");
+        assert_eq!(spec.all_possible_lifecycle_events.map(|v| v.len()), Some(11));
+    }
+}
