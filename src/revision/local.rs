@@ -68,6 +68,8 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), FetchError> {
                 symlink(target, &dst).map_err(io("create", &dst))?;
             } else if ft.is_dir() {
                 fs::create_dir(&dst).map_err(io("create", &dst))?;
+                fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                    .map_err(io("set mode of", &dst))?;
                 stack.push((src, dst));
             } else if ft.is_file() {
                 fs::copy(&src, &dst).map_err(io("copy", &src))?;
@@ -77,10 +79,6 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), FetchError> {
                      fifos or sockets",
                     src.display()
                 )));
-            }
-            if ft.is_dir() {
-                fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                    .map_err(io("set mode of", &dst))?;
             }
         }
     }
