@@ -56,6 +56,8 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), FetchError> {
     }
     fs::create_dir(to).map_err(io("create", to))?;
     let mut stack = vec![(from.to_path_buf(), to.to_path_buf())];
+    // Directory modes are applied last, so a read-only directory can still be filled.
+    let mut dir_modes = vec![(to.to_path_buf(), meta.mode() & 0o7777)];
     while let Some((src_dir, dst_dir)) = stack.pop() {
         for entry in fs::read_dir(&src_dir).map_err(io("read", &src_dir))? {
             let entry = entry.map_err(io("read", &src_dir))?;
@@ -68,8 +70,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), FetchError> {
                 symlink(target, &dst).map_err(io("create", &dst))?;
             } else if ft.is_dir() {
                 fs::create_dir(&dst).map_err(io("create", &dst))?;
-                fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                    .map_err(io("set mode of", &dst))?;
+                dir_modes.push((dst.clone(), meta.mode() & 0o7777));
                 stack.push((src, dst));
             } else if ft.is_file() {
                 fs::copy(&src, &dst).map_err(io("copy", &src))?;
@@ -81,6 +82,9 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), FetchError> {
                 )));
             }
         }
+    }
+    for (dir, mode) in dir_modes.iter().rev() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(*mode)).map_err(io("set mode of", dir))?;
     }
     Ok(())
 }
