@@ -469,3 +469,200 @@ mod tests {
         assert_eq!(spec.all_possible_lifecycle_events.map(|v| v.len()), Some(11));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Running a local deployment.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::deploy::executor::{CommandFailure, EngineSettings, Executor, HookMapping, Progress};
+use crate::deploy::layout::DeploymentRoot;
+use crate::revision::local::LocalFetcher;
+
+/// Loads the configuration a local run uses: `-c` if given (it must exist), else the system
+/// file if present, else built-in per-user defaults.
+pub fn load_config(explicit: Option<&Path>) -> Result<(Config, Option<String>), String> {
+    match explicit {
+        Some(path) => {
+            if !path.is_file() || std::fs::File::open(path).is_err() {
+                return Err(format!(
+                    "configuration file {} does not exist or is not readable",
+                    path.display()
+                ));
+            }
+            Config::load(path).map(|c| (c, None)).map_err(|e| e.to_string())
+        }
+        None => {
+            let default = Path::new(DEFAULT_CONFIG_PATH);
+            if default.is_file() && std::fs::File::open(default).is_ok() {
+                return Config::load(default).map(|c| (c, None)).map_err(|e| e.to_string());
+            }
+            let config = Config::user_defaults();
+            let note = format!(
+                "No agent configuration file at {DEFAULT_CONFIG_PATH}; using built-in defaults \
+                 with the deployment root {}",
+                config.root_dir.display()
+            );
+            Ok((config, Some(note)))
+        }
+    }
+}
+
+/// Sends the agent's own log lines to `<log_dir>/codedeploy-local.log` when that is writable.
+fn init_logging(config: &Config) {
+    let file = std::fs::create_dir_all(&config.log_dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.log_dir.join("codedeploy-local.log"))
+    });
+    let level = if config.verbose { "debug" } else { "info" };
+    if let Ok(file) = file {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("CODEDEPLOY_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+            )
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    }
+}
+
+fn fmt_duration(d: std::time::Duration) -> String {
+    if d.as_secs() >= 60 {
+        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    } else {
+        format!("{:.2}s", d.as_secs_f64())
+    }
+}
+
+/// `codedeploy-local`: runs the whole deployment and returns the exit code (0 or 1).
+pub fn run(args: &LocalArgs) -> ExitCode {
+    if args.version {
+        println!("{}", crate::VERSION);
+        return ExitCode::SUCCESS;
+    }
+    let fail = |message: &str| {
+        println!("ERROR: {message}");
+        ExitCode::from(1)
+    };
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(e) => return fail(&format!("cannot read the current directory: {e}")),
+    };
+    let (config, note) = match load_config(args.agent_configuration_file.as_deref()) {
+        Ok(c) => c,
+        Err(message) => return fail(&message),
+    };
+    let run = match validate(args, &cwd) {
+        Ok(run) => run,
+        Err(e) => return fail(&e.0),
+    };
+    init_logging(&config);
+    let tty = std::io::stdout().is_terminal();
+    if let Some(note) = note {
+        if tty {
+            println!("{note}");
+        }
+        tracing::info!("{note}");
+    }
+
+    let deployment_id = random_deployment_id();
+    let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
+    let deployment_dir = root.deployment_dir(&run.deployment_group_id, &deployment_id);
+    println!("Starting to execute deployment from within folder {}", deployment_dir.display());
+    let spec = match crate::spec::parse_envelope(Some("TEXT/JSON"), &spec_json(&run, &deployment_id), true) {
+        Ok(spec) => spec,
+        Err(e) => return fail(&e.message),
+    };
+    let mapping = HookMapping::identity(hook_events(run.events.as_deref()));
+    let settings = EngineSettings::from_config(&config, &root);
+    let fetcher = LocalFetcher;
+    let executor = Executor { root, settings, fetcher: &fetcher };
+    let started = Instant::now();
+    let scripts_log = deployment_dir.join("logs/scripts.log");
+    let see_log = || println!("See the deployment log at {} for more details", scripts_log.display());
+
+    for event in event_sequence(run.events.as_deref()) {
+        let event_started = Instant::now();
+        let mut ran_scripts = false;
+        let mut progress = |p: Progress| {
+            if let Progress::EventStarted { .. } = p {
+                ran_scripts = true;
+            }
+            if !tty {
+                return;
+            }
+            match p {
+                Progress::Downloaded { files, bytes, elapsed } if files > 0 => {
+                    println!("  bundle unpacked: {files} files, {} KiB in {}", bytes / 1024, fmt_duration(elapsed));
+                }
+                Progress::Installed { summary, elapsed } => println!(
+                    "  installed: {} files copied, {} directories created, {} permissions set, {} previous files removed in {}",
+                    summary.copied,
+                    summary.directories,
+                    summary.permissions,
+                    summary.removed,
+                    fmt_duration(elapsed)
+                ),
+                _ => {}
+            }
+        };
+        if tty {
+            println!("==> {event}");
+        }
+        let result = executor.execute(&event, &spec, &mapping, &mut progress);
+        match result {
+            Ok(()) => {
+                if tty {
+                    let what = if event == "DownloadBundle" || event == "Install" || ran_scripts {
+                        "done"
+                    } else {
+                        "no scripts"
+                    };
+                    println!("  {what} in {}", fmt_duration(event_started.elapsed()));
+                }
+            }
+            Err(failure) => return report_failure(&failure, &deployment_dir, &see_log),
+        }
+    }
+    see_log();
+    if tty {
+        println!(
+            "Deployment {deployment_id} of group {} finished in {}",
+            spec.deployment_group_id,
+            fmt_duration(started.elapsed())
+        );
+    }
+    println!("AppSpec file valid. Local deployment successful");
+    ExitCode::SUCCESS
+}
+
+fn report_failure(failure: &CommandFailure, deployment_dir: &Path, see_log: &dyn Fn()) -> ExitCode {
+    if failure.is_script_error() {
+        println!(
+            "Your local deployment failed while trying to execute your script at {}/deployment-archive/{}",
+            deployment_dir.display(),
+            failure.script_name
+        );
+        println!("{}", failure.message);
+        if !failure.log.is_empty() {
+            println!("Last output of the failing event:");
+            for line in failure.log.lines() {
+                println!("  {line}");
+            }
+        }
+        see_log();
+    } else {
+        see_log();
+        println!("ERROR: {}", failure.message);
+        for detail in failure.details.iter().skip(1) {
+            println!("  {detail}");
+        }
+    }
+    ExitCode::from(1)
+}

@@ -1,0 +1,540 @@
+//! The one place that knows what each command means (agent-behaviour.md §2): `DownloadBundle`,
+//! `Install` and every hook event, which revision each hook uses (§2.2), noop determination
+//! (§2.4), the `AllPossibleLifecycleEvents` checks (§5.10) and the mapping of every failure to
+//! the diagnostics payload the service expects (§5.8). Local mode and the daemon both call only
+//! [`Executor::execute`] and [`Executor::is_noop`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::appspec::{self, AppSpec, LifecycleEvent, Os};
+use crate::config::Config;
+use crate::deploy::hooks::{self, EventRun, HookEnv, HookError, HookOptions};
+use crate::deploy::install::{self, InstallRequest};
+use crate::deploy::layout::DeploymentRoot;
+use crate::revision::archive::{self, BundleType, UnpackOptions};
+use crate::revision::{Fetch, Fetched};
+use crate::spec::{DeploymentSpec, Revision};
+
+/// `error_code` for failures that are not a script's (§5.8).
+pub const UNKNOWN_ERROR: u8 = 5;
+
+/// A command failed. Serialises to the `Diagnostics.Payload` of `PutHostCommandComplete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandFailure {
+    pub error_code: u8,
+    pub script_name: String,
+    pub message: String,
+    pub log: String,
+    /// Further problems found alongside `message` (every appspec problem, with positions), for
+    /// local output and logs; not sent to the service.
+    #[serde(skip)]
+    pub details: Vec<String>,
+}
+
+impl CommandFailure {
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self {
+            error_code: UNKNOWN_ERROR,
+            script_name: String::new(),
+            message: message.into(),
+            log: String::new(),
+            details: Vec::new(),
+        }
+    }
+
+    /// True for a hook script failure (codes 1–4 and 6), as opposed to an agent-side failure.
+    pub fn is_script_error(&self) -> bool {
+        self.error_code != UNKNOWN_ERROR
+    }
+
+    /// The JSON payload, keys in the AWS order: error_code, script_name, message, log.
+    pub fn payload_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"error_code":"Unknown","script_name":"","message":"Attempting minimal diagnostics","log":"Exception JSON::GeneratorError occured"}"#.into()
+        })
+    }
+}
+
+impl From<HookError> for CommandFailure {
+    fn from(e: HookError) -> Self {
+        match e {
+            HookError::Script(s) => Self {
+                error_code: s.code.as_u8(),
+                script_name: s.script_name,
+                message: s.message,
+                log: s.log,
+                details: Vec::new(),
+            },
+            other => Self::unknown(other.to_string()),
+        }
+    }
+}
+
+/// The payload of a successful command.
+pub const SUCCESS_PAYLOAD: &str = r#"{"error_code":0,"script_name":"","message":"Succeeded: ","log":""}"#;
+
+/// Which lifecycle events each command runs. `DownloadBundle` and `Install` are built in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookMapping(BTreeMap<String, Vec<String>>);
+
+impl HookMapping {
+    /// The daemon's mapping: each of the nine hook events runs itself.
+    pub fn default_mapping() -> Self {
+        Self(
+            LifecycleEvent::DEFAULT_ORDER
+                .iter()
+                .filter(|e| !matches!(e, LifecycleEvent::DownloadBundle | LifecycleEvent::Install))
+                .map(|e| (e.as_str().to_owned(), vec![e.as_str().to_owned()]))
+                .collect(),
+        )
+    }
+
+    /// Each given event runs itself (local mode: defaults plus `--events`).
+    pub fn identity(events: impl IntoIterator<Item = String>) -> Self {
+        Self(events.into_iter().map(|e| (e.clone(), vec![e])).collect())
+    }
+
+    pub fn events(&self, command: &str) -> Option<&[String]> {
+        self.0.get(command).map(Vec::as_slice)
+    }
+
+    pub fn commands(&self) -> impl Iterator<Item = &String> {
+        self.0.keys()
+    }
+}
+
+/// How the engine behaves, derived from the agent configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub max_revisions: u32,
+    pub unpack: UnpackOptions,
+    pub hooks: HookOptions,
+    pub os: Os,
+}
+
+impl EngineSettings {
+    pub fn from_config(config: &Config, root: &DeploymentRoot) -> Self {
+        Self {
+            max_revisions: config.max_revisions,
+            unpack: UnpackOptions {
+                reject_symlinks: config.reject_symlinks_in_bundle,
+                allow_setuid: config.allow_setuid_in_bundle,
+                ..UnpackOptions::default()
+            },
+            hooks: HookOptions {
+                kill_grace: Duration::from_secs(config.hook_kill_grace_seconds),
+                wait_for_inherited_output: config.hook_wait_for_inherited_output,
+                deployments_log: config.enable_deployments_log.then(|| root.deployments_log()),
+            },
+            os: Os::Linux,
+        }
+    }
+}
+
+/// What happened, for progress output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// A lifecycle event is about to run `scripts` scripts from `revision_dir`.
+    EventStarted { event: String, scripts: usize },
+    EventFinished { event: String, elapsed: Duration },
+    /// The bundle is on disk and unpacked.
+    Downloaded { files: u64, bytes: u64, elapsed: Duration },
+    Installed { summary: install::InstallSummary, elapsed: Duration },
+}
+
+/// Which revision a hook event reads its appspec and scripts from (§2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RevisionChoice {
+    New,
+    LastSuccessfulOrIgnore,
+    MostRecentOrIgnore,
+}
+
+fn revision_choice(event: &str, spec: &DeploymentSpec) -> RevisionChoice {
+    use RevisionChoice::*;
+    let rollback = spec.is_blue_green_rollback();
+    match event {
+        "BeforeBlockTraffic" | "AfterBlockTraffic" if rollback => MostRecentOrIgnore,
+        "BeforeBlockTraffic" | "AfterBlockTraffic" | "ApplicationStop" => LastSuccessfulOrIgnore,
+        "BeforeAllowTraffic" | "AfterAllowTraffic" if rollback => LastSuccessfulOrIgnore,
+        _ => New,
+    }
+}
+
+/// Runs commands against one deployment root.
+pub struct Executor<'a> {
+    pub root: DeploymentRoot,
+    pub settings: EngineSettings,
+    pub fetcher: &'a dyn Fetch,
+}
+
+impl Executor<'_> {
+    fn deployment_dir(&self, spec: &DeploymentSpec) -> PathBuf {
+        self.root.deployment_dir(&spec.deployment_group_id, &spec.deployment_id)
+    }
+
+    /// True when running `command` would do nothing (§2.4). Parses the appspec of every
+    /// revision involved, so a broken appspec fails here, before the acknowledgement.
+    pub fn is_noop(
+        &self,
+        command: &str,
+        spec: &DeploymentSpec,
+        mapping: &HookMapping,
+    ) -> Result<bool, CommandFailure> {
+        if command == "DownloadBundle" || command == "Install" {
+            return Ok(false);
+        }
+        let Some(events) = mapping.events(command) else {
+            return Ok(true);
+        };
+        for event in events {
+            if let Some((_, appspec)) = self.hook_revision(event, spec)? {
+                if appspec.scripts(event).is_some_and(|s| !s.is_empty()) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs one command to completion.
+    #[tracing::instrument(skip_all, fields(command, deployment_id = %spec.deployment_id))]
+    pub fn execute(
+        &self,
+        command: &str,
+        spec: &DeploymentSpec,
+        mapping: &HookMapping,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), CommandFailure> {
+        let dir = self.deployment_dir(spec);
+        if fs::create_dir_all(&dir).is_err() || !dir.is_dir() {
+            return Err(CommandFailure::unknown(format!(
+                "Error creating deployment root directory {}",
+                dir.display()
+            )));
+        }
+        match command {
+            "DownloadBundle" => self.download_bundle(spec, &dir, progress),
+            "Install" => self.install(spec, &dir, mapping, progress),
+            _ => {
+                let Some(events) = mapping.events(command) else {
+                    return Err(CommandFailure::unknown(format!(
+                        "Unsupported command type: {command}."
+                    )));
+                };
+                for event in events {
+                    self.run_hook_event(event, spec, &dir, progress)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn download_bundle(
+        &self,
+        spec: &DeploymentSpec,
+        dir: &Path,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), CommandFailure> {
+        let started = Instant::now();
+        let group = &spec.deployment_group_id;
+        let removed = self
+            .root
+            .prune(group, &spec.deployment_id, self.settings.max_revisions)
+            .map_err(|e| CommandFailure::unknown(format!("Error deleting directories: {e}")))?;
+        for path in removed {
+            tracing::info!(path = %path.display(), "removed old deployment directory");
+        }
+        let archive_dir = dir.join("deployment-archive");
+        remove_if_present(&archive_dir)
+            .map_err(|e| CommandFailure::unknown(format!("could not clear {}: {e}", archive_dir.display())))?;
+        let bundle_file = dir.join("bundle.tar");
+        let fetched = self
+            .fetcher
+            .fetch(&spec.revision, &bundle_file, &archive_dir)
+            .map_err(|e| CommandFailure::unknown(e.to_string()))?;
+        let (files, bytes) = match fetched {
+            Fetched::Directory => (0, 0),
+            Fetched::Archive { bundle_type } => {
+                // The spec's type decides; an unknown type is read as tar, as the AWS agent does.
+                let kind = bundle_type.parse::<BundleType>().unwrap_or(BundleType::Tar);
+                let summary = archive::unpack(&bundle_file, kind, &archive_dir, &self.settings.unpack)
+                    .map_err(|e| CommandFailure::unknown(e.to_string()))?;
+                (summary.files, summary.bytes)
+            }
+        };
+        let instructions = self.root.instructions_dir();
+        fs::create_dir_all(&instructions)
+            .and_then(|()| self.root.set_most_recent(group, dir))
+            .map_err(|e| CommandFailure::unknown(format!("could not record the most recent install in {}: {e}", instructions.display())))?;
+        progress(Progress::Downloaded { files, bytes, elapsed: started.elapsed() });
+        Ok(())
+    }
+
+    /// Finds the appspec Install uses (§5.1): the spec's name, then `appspec.yaml`, then
+    /// `appspec.yml`.
+    fn install_appspec_path(archive_dir: &Path, spec: &DeploymentSpec) -> PathBuf {
+        [spec.app_spec_filename.as_str(), "appspec.yaml"]
+            .iter()
+            .map(|name| archive_dir.join(name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| archive_dir.join("appspec.yml"))
+    }
+
+    fn install(
+        &self,
+        spec: &DeploymentSpec,
+        dir: &Path,
+        mapping: &HookMapping,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), CommandFailure> {
+        let started = Instant::now();
+        let archive_dir = dir.join("deployment-archive");
+        let appspec_path = Self::install_appspec_path(&archive_dir, spec);
+        let appspec = self.load_appspec(&appspec_path)?;
+        if let Some(all) = &spec.all_possible_lifecycle_events {
+            check_lifecycle_events(&appspec, &appspec_path, all, mapping)?;
+        }
+        let summary = install::install(&InstallRequest {
+            root: &self.root,
+            group_id: &spec.deployment_group_id,
+            archive_dir: &archive_dir,
+            deployment_dir: dir,
+            appspec: &appspec,
+            deployment_file_exists_behavior: &spec.file_exists_behavior,
+        })
+        .map_err(|e| CommandFailure::unknown(e.to_string()))?;
+        progress(Progress::Installed { summary, elapsed: started.elapsed() });
+        Ok(())
+    }
+
+    fn load_appspec(&self, path: &Path) -> Result<AppSpec, CommandFailure> {
+        let text = fs::read_to_string(path).map_err(|e| {
+            CommandFailure::unknown(format!("could not read the AppSpec file {}: {e}", path.display()))
+        })?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        appspec::parse(&text, self.settings.os)
+            .map(|parsed| {
+                for w in &parsed.warnings {
+                    tracing::warn!(file = %path.display(), "{}", w.message);
+                }
+                parsed.spec
+            })
+            .map_err(|e| {
+                let mut failure = CommandFailure::unknown(e.to_string());
+                failure.details = e
+                    .diagnostics
+                    .iter()
+                    .map(|d| match d.position {
+                        Some(p) => format!("{name}:{p}: {}", d.message),
+                        None => format!("{name}: {}", d.message),
+                    })
+                    .collect();
+                failure
+            })
+    }
+
+    /// The revision dir and appspec a hook event uses, or `None` when there is none (noop).
+    fn hook_revision(
+        &self,
+        event: &str,
+        spec: &DeploymentSpec,
+    ) -> Result<Option<(PathBuf, AppSpec)>, CommandFailure> {
+        let current = self.deployment_dir(spec);
+        let group = &spec.deployment_group_id;
+        let has_archive = current.join("deployment-archive").exists();
+        let read_marker = |r: io::Result<Option<PathBuf>>| {
+            r.map_err(|e| CommandFailure::unknown(format!("could not read the deployment instructions: {e}")))
+        };
+        let revision = match revision_choice(event, spec) {
+            RevisionChoice::New => Some(current),
+            _ if has_archive => Some(current),
+            RevisionChoice::LastSuccessfulOrIgnore => read_marker(self.root.last_successful(group))?,
+            RevisionChoice::MostRecentOrIgnore => read_marker(self.root.most_recent(group))?,
+        };
+        let Some(revision) = revision else {
+            return Ok(None);
+        };
+        let archive_dir = revision.join("deployment-archive");
+        let appspec_path = archive_dir.join(&spec.app_spec_filename);
+        if !appspec_path.exists() {
+            return Err(CommandFailure::unknown(format!(
+                "The CodeDeploy agent did not find an AppSpec file within the unpacked revision \
+                 directory at revision-relative path \"{name}\". The revision was unpacked to \
+                 directory \"{dir}\", and the AppSpec file was expected but not found at path \
+                 \"{path}\". Consult the AWS CodeDeploy Appspec documentation for more \
+                 information at http://docs.aws.amazon.com/codedeploy/latest/userguide/reference-appspec-file.html",
+                name = spec.app_spec_filename,
+                dir = archive_dir.display(),
+                path = appspec_path.display(),
+            )));
+        }
+        let appspec = self.load_appspec(&appspec_path)?;
+        Ok(Some((revision, appspec)))
+    }
+
+    fn run_hook_event(
+        &self,
+        event: &str,
+        spec: &DeploymentSpec,
+        current: &Path,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), CommandFailure> {
+        let Some((revision, appspec)) = self.hook_revision(event, spec)? else {
+            return Ok(());
+        };
+        let Some(scripts) = appspec.scripts(event).filter(|s| !s.is_empty()) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        progress(Progress::EventStarted { event: event.to_owned(), scripts: scripts.len() });
+        let env = hook_env(event, spec);
+        let archive_dir = revision.join("deployment-archive");
+        hooks::run_event(&EventRun {
+            event,
+            scripts,
+            archive_dir: &archive_dir,
+            deployment_dir: current,
+            env: &env,
+            options: &self.settings.hooks,
+        })?;
+        progress(Progress::EventFinished { event: event.to_owned(), elapsed: started.elapsed() });
+        Ok(())
+    }
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The environment the hooks of `event` get (§5.7).
+pub fn hook_env(event: &str, spec: &DeploymentSpec) -> HookEnv {
+    let mut extra = Vec::new();
+    match &spec.revision {
+        Revision::S3 { bucket, key, version, etag, .. } => {
+            extra.push(("BUNDLE_BUCKET".into(), bucket.clone()));
+            extra.push(("BUNDLE_KEY".into(), key.clone()));
+            if let Some(v) = version {
+                extra.push(("BUNDLE_VERSION".into(), v.clone()));
+            }
+            if let Some(e) = etag {
+                extra.push(("BUNDLE_ETAG".into(), e.clone()));
+            }
+        }
+        Revision::GitHub { commit_id, .. } => extra.push(("BUNDLE_COMMIT".into(), commit_id.clone())),
+        Revision::LocalFile { .. } | Revision::LocalDirectory { .. } => {}
+    }
+    HookEnv {
+        lifecycle_event: event.to_owned(),
+        deployment_id: spec.deployment_id.clone(),
+        application_name: spec.application_name.clone(),
+        deployment_group_name: spec.deployment_group_name.clone(),
+        deployment_group_id: spec.deployment_group_id.clone(),
+        extra,
+    }
+}
+
+/// Ruby's `Array#inspect` of strings: `["a", "b"]`.
+fn ruby_inspect(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The Install-time checks against `AllPossibleLifecycleEvents` (§5.10).
+fn check_lifecycle_events(
+    appspec: &AppSpec,
+    appspec_path: &Path,
+    all: &[String],
+    mapping: &HookMapping,
+) -> Result<(), CommandFailure> {
+    let name = appspec_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    let hooks_and_mapping: Vec<String> = appspec
+        .hooks
+        .iter()
+        .map(|(k, _)| k.clone())
+        .chain(mapping.commands().cloned())
+        .filter(|k| seen.insert(k.clone()))
+        .collect();
+    let unknown: Vec<String> = hooks_and_mapping.iter().filter(|k| !all.contains(k)).cloned().collect();
+    if !unknown.is_empty() {
+        return Err(CommandFailure::unknown(format!(
+            "{name} file contains unknown lifecycle events: {}",
+            ruby_inspect(&unknown)
+        )));
+    }
+    let defaults = HookMapping::default_mapping();
+    let custom_missing: Vec<String> = all
+        .iter()
+        .filter(|e| !LifecycleEvent::DEFAULT_ORDER.iter().any(|d| d.as_str() == e.as_str()))
+        .filter(|e| appspec.scripts(e).is_none() && defaults.events(e).is_none())
+        .cloned()
+        .collect();
+    if !custom_missing.is_empty() {
+        return Err(CommandFailure::unknown(format!(
+            "You specified a lifecycle event which is not a default one and doesn't exist in your {name} file: {}",
+            custom_missing.join(",")
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_payload_is_exact() {
+        assert_eq!(SUCCESS_PAYLOAD, r#"{"error_code":0,"script_name":"","message":"Succeeded: ","log":""}"#);
+        let f = CommandFailure::unknown("Unsupported command type: Foo.");
+        assert_eq!(
+            f.payload_json(),
+            r#"{"error_code":5,"script_name":"","message":"Unsupported command type: Foo.","log":""}"#
+        );
+    }
+
+    #[test]
+    fn ruby_array_inspect() {
+        assert_eq!(ruby_inspect(&["Foo".into(), "Bar\"".into()]), r#"["Foo", "Bar\""]"#);
+    }
+
+    #[test]
+    fn revision_choice_follows_the_blue_green_rollback_table() {
+        let mut spec = crate::spec::DeploymentSpec::from_json(
+            r#"{"DeploymentId":"d","DeploymentGroupId":"g","DeploymentGroupName":"n","ApplicationName":"a","Revision":{"RevisionType":"Local Directory","LocalRevision":{"Location":"/x","BundleType":"directory"}}}"#,
+        )
+        .expect("spec");
+        use RevisionChoice::*;
+        let table = |spec: &DeploymentSpec| {
+            ["BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop", "BeforeInstall", "AfterInstall",
+             "ApplicationStart", "ValidateService", "BeforeAllowTraffic", "AfterAllowTraffic", "Custom"]
+                .map(|e| revision_choice(e, spec))
+        };
+        assert_eq!(
+            table(&spec),
+            [LastSuccessfulOrIgnore, LastSuccessfulOrIgnore, LastSuccessfulOrIgnore, New, New, New, New, New, New, New]
+        );
+        spec.deployment_type = "BLUE_GREEN".into();
+        spec.deployment_creator = "codeDeployRollback".into();
+        assert_eq!(
+            table(&spec),
+            [MostRecentOrIgnore, MostRecentOrIgnore, LastSuccessfulOrIgnore, New, New, New, New,
+             LastSuccessfulOrIgnore, LastSuccessfulOrIgnore, New]
+        );
+    }
+}

@@ -1,0 +1,479 @@
+//! Executing an install plan (agent-behaviour.md §6): clean up the group's previous install,
+//! apply `file_exists_behavior`, write `<dg>-install.json`, then copy, make directories and set
+//! permissions while recording every installed path in `<dg>-cleanup` before it exists, so a
+//! kill at any point leaves a cleanup file the next install can act on.
+//!
+//! Copies use the kernel's fast path (`copy_file_range` through `std::io::copy` between files)
+//! and run in parallel in batches; the batch's paths are written to the cleanup file first.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::appspec::{AppSpec, FileExistsBehavior};
+use crate::deploy::layout::{DeploymentRoot, write_atomic};
+use crate::deploy::permissions::{self, IdCache, PermissionError};
+use crate::deploy::plan::{self, InstallPlan, Instruction, PlanError};
+
+/// Why an `Install` failed. All are reported with error code 5.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("The deployment failed because a specified file already exists at this location: {}", .0.display())]
+    FileExists(PathBuf),
+    #[error(
+        "The deployment failed because an invalid option was specified for fileExistsBehavior: \
+         {0}. Valid options include OVERWRITE, RETAIN, and DISALLOW."
+    )]
+    InvalidFileExistsBehavior(String),
+    #[error(transparent)]
+    Permission(#[from] PermissionError),
+    #[error("could not {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot install {}: a newline in a path cannot be recorded in the cleanup file",
+        .0.display()
+    )]
+    NewlineInPath(PathBuf),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
+    move |source| InstallError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// What one `Install` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InstallSummary {
+    pub removed: usize,
+    pub copied: usize,
+    pub directories: usize,
+    pub retained: usize,
+    pub permissions: usize,
+}
+
+/// One line of a cleanup file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CleanupEntry {
+    Path(PathBuf),
+    /// `semanage\0<path>`: a SELinux file-context rule to delete.
+    Semanage(PathBuf),
+}
+
+/// Parses a cleanup file. A last line without a trailing newline is a torn write and dropped.
+pub fn parse_cleanup(bytes: &[u8]) -> Vec<CleanupEntry> {
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    // `split` yields a final piece after the last newline: empty when the file ends in '\n',
+    // the torn remainder otherwise. Either way it is not an entry.
+    lines.pop();
+    lines
+        .into_iter()
+        .filter(|l| !l.is_empty())
+        .map(|line| match line.strip_prefix(b"semanage\0") {
+            Some(path) => CleanupEntry::Semanage(PathBuf::from(std::ffi::OsStr::from_bytes(path))),
+            None => CleanupEntry::Path(PathBuf::from(std::ffi::OsStr::from_bytes(line))),
+        })
+        .collect()
+}
+
+/// Undoes the group's previous install from its cleanup file, newest entry first: files and
+/// symlinks are removed, directories only when empty, missing paths ignored. The cleanup file
+/// is deleted afterwards. Returns the number of entries processed.
+pub fn cleanup_previous(root: &DeploymentRoot, group_id: &str) -> Result<usize, InstallError> {
+    let file = root.cleanup_file(group_id);
+    let bytes = match fs::read(&file) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("read the cleanup file", &file)(e)),
+    };
+    let entries = parse_cleanup(&bytes);
+    for entry in entries.iter().rev() {
+        match entry {
+            CleanupEntry::Semanage(path) => permissions::remove_context(path),
+            CleanupEntry::Path(path) => remove_installed(path)?,
+        }
+    }
+    fs::remove_file(&file).map_err(io_err("remove the cleanup file", &file))?;
+    Ok(entries.len())
+}
+
+fn remove_installed(path: &Path) -> Result<(), InstallError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("inspect", path)(e)),
+    };
+    let result = if meta.is_dir() { fs::remove_dir(path) } else { fs::remove_file(path) };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        // A directory that still holds files we did not install survives.
+        Err(e) if meta.is_dir() && e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
+}
+
+/// The behaviour that applies: the appspec's value wins; otherwise the deployment's (already
+/// upcased by the spec parser). An invalid deployment value only fails when a conflict needs it.
+pub fn effective_behavior(appspec: &AppSpec, deployment: &str) -> Result<FileExistsBehavior, String> {
+    match appspec.file_exists_behavior {
+        Some(b) => Ok(b),
+        None => FileExistsBehavior::from_exact(deployment).ok_or_else(|| deployment.to_owned()),
+    }
+}
+
+/// What happens to each copy whose destination already exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub plan: InstallPlan,
+    /// Destinations that exist and will be replaced (OVERWRITE).
+    pub overwritten: Vec<PathBuf>,
+    /// Destinations that exist and are kept (RETAIN); their copies were dropped.
+    pub retained: Vec<PathBuf>,
+}
+
+/// Applies `file_exists_behavior` to a plan. `exists` says whether a path is present on disk
+/// (after the previous install was cleaned up); `plan` mode passes a predicate that pretends
+/// the cleanup already happened.
+pub fn resolve_conflicts(
+    plan: InstallPlan,
+    behavior: Result<FileExistsBehavior, String>,
+    exists: impl Fn(&Path) -> bool,
+) -> Result<Resolved, InstallError> {
+    let mut overwritten = Vec::new();
+    let mut retained = Vec::new();
+    let mut instructions = Vec::with_capacity(plan.instructions.len());
+    for instruction in plan.instructions {
+        if let Instruction::Copy { destination, .. } = &instruction {
+            if exists(destination) {
+                match &behavior {
+                    Ok(FileExistsBehavior::Disallow) => {
+                        return Err(InstallError::FileExists(destination.clone()));
+                    }
+                    Ok(FileExistsBehavior::Overwrite) => overwritten.push(destination.clone()),
+                    Ok(FileExistsBehavior::Retain) => {
+                        retained.push(destination.clone());
+                        continue;
+                    }
+                    Err(value) => return Err(InstallError::InvalidFileExistsBehavior(value.clone())),
+                }
+            }
+        }
+        instructions.push(instruction);
+    }
+    Ok(Resolved { plan: InstallPlan { instructions }, overwritten, retained })
+}
+
+/// Everything one `Install` needs.
+#[derive(Debug)]
+pub struct InstallRequest<'a> {
+    pub root: &'a DeploymentRoot,
+    pub group_id: &'a str,
+    /// `<root>/<dg>/<d>/deployment-archive`.
+    pub archive_dir: &'a Path,
+    /// `<root>/<dg>/<d>`, recorded as last successful at the end.
+    pub deployment_dir: &'a Path,
+    pub appspec: &'a AppSpec,
+    /// The deployment's `FileExistsBehavior`, upcased.
+    pub deployment_file_exists_behavior: &'a str,
+}
+
+/// Runs one `Install` (§6.1).
+pub fn install(req: &InstallRequest) -> Result<InstallSummary, InstallError> {
+    let instructions_dir = req.root.instructions_dir();
+    fs::create_dir_all(&instructions_dir).map_err(io_err("create", &instructions_dir))?;
+    let mut summary = InstallSummary {
+        removed: cleanup_previous(req.root, req.group_id)?,
+        ..InstallSummary::default()
+    };
+
+    let plan = plan::build(req.appspec, req.archive_dir)?;
+    let behavior = effective_behavior(req.appspec, req.deployment_file_exists_behavior);
+    let resolved = resolve_conflicts(plan, behavior, |p| fs::symlink_metadata(p).is_ok())?;
+    summary.retained = resolved.retained.len();
+
+    let install_json = req.root.install_json(req.group_id);
+    write_atomic(&install_json, resolved.plan.to_install_json().as_bytes())
+        .map_err(io_err("write", &install_json))?;
+
+    let cleanup_path = req.root.cleanup_file(req.group_id);
+    let cleanup = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o644)
+        .open(&cleanup_path)
+        .map_err(io_err("create", &cleanup_path))?;
+    let mut executor = Execution {
+        cleanup,
+        cleanup_path: &cleanup_path,
+        ids: IdCache::default(),
+        preserve_owner: nix::unistd::geteuid().is_root(),
+        overwritten: resolved.overwritten.iter().cloned().collect(),
+        summary: &mut summary,
+    };
+    executor.run(&resolved.plan.instructions)?;
+    executor.cleanup.sync_all().map_err(io_err("sync", &cleanup_path))?;
+
+    req.root
+        .set_last_successful(req.group_id, req.deployment_dir)
+        .map_err(io_err("record the last successful install in", &instructions_dir))?;
+    Ok(summary)
+}
+
+/// How many copies one batch holds: large enough to keep the workers busy, small enough that
+/// a kill leaves little recorded-but-not-copied.
+const COPY_BATCH: usize = 512;
+
+struct Execution<'a> {
+    cleanup: File,
+    cleanup_path: &'a Path,
+    ids: IdCache,
+    preserve_owner: bool,
+    overwritten: HashSet<PathBuf>,
+    summary: &'a mut InstallSummary,
+}
+
+impl Execution<'_> {
+    fn record(&mut self, line: &[u8], path: &Path) -> Result<(), InstallError> {
+        if line.contains(&b'\n') {
+            return Err(InstallError::NewlineInPath(path.to_path_buf()));
+        }
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
+        self.cleanup.write_all(&buf).map_err(io_err("write", self.cleanup_path))
+    }
+
+    fn run(&mut self, instructions: &[Instruction]) -> Result<(), InstallError> {
+        let mut i = 0;
+        while i < instructions.len() {
+            match &instructions[i] {
+                Instruction::Copy { .. } => {
+                    let end = instructions[i..]
+                        .iter()
+                        .take(COPY_BATCH)
+                        .position(|ins| !matches!(ins, Instruction::Copy { .. }))
+                        .map_or((i + COPY_BATCH).min(instructions.len()), |n| i + n);
+                    self.copy_batch(&instructions[i..end])?;
+                    i = end;
+                }
+                Instruction::Mkdir { directory } => {
+                    match fs::create_dir(directory) {
+                        Ok(()) => {}
+                        // Made by an earlier entry of this plan or by someone else since the
+                        // plan was built: then it is not ours to remove.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists
+                            && fs::metadata(directory).is_ok_and(|m| m.is_dir()) =>
+                        {
+                            i += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(io_err("create directory", directory)(e)),
+                    }
+                    self.record(directory.as_os_str().as_bytes(), directory)?;
+                    self.summary.directories += 1;
+                    i += 1;
+                }
+                Instruction::Chmod { mode, file } => {
+                    permissions::chmod(file, mode.bits)?;
+                    self.summary.permissions += 1;
+                    i += 1;
+                }
+                Instruction::Chown { owner, group, file } => {
+                    let uid = owner.as_deref().map(|o| self.ids.uid(o, file)).transpose()?;
+                    let gid = group.as_deref().map(|g| self.ids.gid(g, file)).transpose()?;
+                    permissions::chown(file, uid, gid)?;
+                    self.summary.permissions += 1;
+                    i += 1;
+                }
+                Instruction::Setfacl { acl, file } => {
+                    permissions::set_acl(file, acl, &mut self.ids)?;
+                    self.summary.permissions += 1;
+                    i += 1;
+                }
+                Instruction::Semanage { context, .. } => {
+                    // One external call for a run of paths sharing a context.
+                    let end = instructions[i..]
+                        .iter()
+                        .position(|ins| !matches!(ins, Instruction::Semanage { context: c, .. } if c == context))
+                        .map_or(instructions.len(), |n| i + n);
+                    let paths: Vec<PathBuf> = instructions[i..end]
+                        .iter()
+                        .filter_map(|ins| match ins {
+                            Instruction::Semanage { file, .. } => Some(file.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    for real in permissions::set_context(context, &paths)? {
+                        let mut line = b"semanage\0".to_vec();
+                        line.extend_from_slice(real.as_os_str().as_bytes());
+                        self.record(&line, &real)?;
+                    }
+                    self.summary.permissions += paths.len();
+                    i = end;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_batch(&mut self, batch: &[Instruction]) -> Result<(), InstallError> {
+        // Write-ahead: every destination is in the cleanup file before any byte of it exists.
+        let mut lines = Vec::new();
+        for ins in batch {
+            if let Instruction::Copy { destination, .. } = ins {
+                let bytes = destination.as_os_str().as_bytes();
+                if bytes.contains(&b'\n') {
+                    return Err(InstallError::NewlineInPath(destination.clone()));
+                }
+                lines.extend_from_slice(bytes);
+                lines.push(b'\n');
+            }
+        }
+        self.cleanup.write_all(&lines).map_err(io_err("write", self.cleanup_path))?;
+
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let next = AtomicUsize::new(0);
+        let preserve_owner = self.preserve_owner;
+        let overwritten = &self.overwritten;
+        let first_error = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers.min(batch.len()))
+                .map(|_| {
+                    scope.spawn(|| -> Result<(), InstallError> {
+                        loop {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(Instruction::Copy { source, destination, symlink }) =
+                                batch.get(n)
+                            else {
+                                return Ok(());
+                            };
+                            let replace = overwritten.contains(destination);
+                            copy_one(source, destination, *symlink, replace, preserve_owner)?;
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(InstallError::Io {
+                    what: "copy (worker panicked)",
+                    path: PathBuf::new(),
+                    source: io::Error::other("copy worker panicked"),
+                })))
+                .find_map(Result::err)
+        });
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        self.summary.copied += batch.len();
+        Ok(())
+    }
+}
+
+/// Copies one bundle entry. A symlink is recreated with the same target. A regular file keeps
+/// its mode and timestamps (and owner when running as root), like `cp --preserve`. An existing
+/// destination being overwritten is unlinked first, so a symlink there is replaced, never
+/// written through.
+fn copy_one(
+    source: &Path,
+    destination: &Path,
+    symlink: bool,
+    replace: bool,
+    preserve_owner: bool,
+) -> Result<(), InstallError> {
+    if replace {
+        match fs::symlink_metadata(destination) {
+            Ok(m) if m.is_dir() => {
+                return Err(InstallError::Io {
+                    what: "overwrite",
+                    path: destination.to_path_buf(),
+                    source: io::Error::new(io::ErrorKind::IsADirectory, "a directory is in the way"),
+                });
+            }
+            Ok(_) => fs::remove_file(destination).map_err(io_err("replace", destination))?,
+            Err(_) => {}
+        }
+    }
+    if symlink {
+        let target = fs::read_link(source).map_err(io_err("read symlink", source))?;
+        return std::os::unix::fs::symlink(&target, destination)
+            .map_err(io_err("create symlink", destination));
+    }
+    let mut src = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(source)
+        .map_err(io_err("open", source))?;
+    let meta = src.metadata().map_err(io_err("stat", source))?;
+    let mode = meta.mode() & 0o7777;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(mode)
+        .open(destination)
+        .map_err(io_err("create", destination))?;
+    io::copy(&mut src, &mut dst).map_err(io_err("copy to", destination))?;
+    if preserve_owner {
+        nix::unistd::fchown(&dst, Some(meta.uid().into()), Some(meta.gid().into()))
+            .map_err(|e| io_err("set owner of", destination)(e.into()))?;
+    }
+    // After chown: a chown clears setuid bits, and the umask narrowed the create mode.
+    dst.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .map_err(io_err("set mode of", destination))?;
+    let times = fs::FileTimes::new()
+        .set_accessed(meta.accessed().map_err(io_err("stat", source))?)
+        .set_modified(meta.modified().map_err(io_err("stat", source))?);
+    dst.set_times(times).map_err(io_err("set times of", destination))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_last_line_is_dropped() {
+        let entries = parse_cleanup(b"/a\n/b\n/c");
+        assert_eq!(entries, vec![CleanupEntry::Path("/a".into()), CleanupEntry::Path("/b".into())]);
+        assert!(parse_cleanup(b"").is_empty());
+        assert_eq!(
+            parse_cleanup(b"semanage\0/srv/x\n"),
+            vec![CleanupEntry::Semanage("/srv/x".into())]
+        );
+    }
+
+    #[test]
+    fn cleanup_removes_in_reverse_and_keeps_non_empty_directories() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = DeploymentRoot::new(tmp.path().join("root"), "codedeploy-agent");
+        let dest = tmp.path().join("dest");
+        fs::create_dir_all(dest.join("sub")).expect("mkdir");
+        fs::write(dest.join("sub/ours"), b"1").expect("write");
+        fs::write(dest.join("foreign"), b"2").expect("write");
+        std::os::unix::fs::symlink("/etc", dest.join("link")).expect("symlink");
+        fs::create_dir_all(root.instructions_dir()).expect("mkdir");
+        let listing = format!(
+            "{d}\n{d}/sub\n{d}/sub/ours\n{d}/link\n{d}/missing\n",
+            d = dest.display()
+        );
+        fs::write(root.cleanup_file("dg"), listing).expect("write");
+        assert_eq!(cleanup_previous(&root, "dg").expect("cleanup"), 5);
+        assert!(!dest.join("sub").exists());
+        assert!(fs::symlink_metadata(dest.join("link")).is_err());
+        assert!(dest.join("foreign").exists(), "foreign files survive");
+        assert!(dest.exists(), "a directory holding foreign files survives");
+        assert!(!root.cleanup_file("dg").exists());
+        assert!(Path::new("/etc").exists());
+    }
+}
