@@ -5,8 +5,8 @@ use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 
 use codedeploy_agent::appspec::{
-    AclEntry, AclKind, AppSpec, FileMapping, Mode, ObjectType, Os, Permission, Position,
-    SeContext, SeRange,
+    AclEntry, AclKind, AppSpec, FileMapping, Mode, ObjectType, Os, Permission, Position, SeContext,
+    SeRange,
 };
 use codedeploy_agent::deploy::plan::{self, Instruction, PlanError, ProblemKind};
 use tempfile::TempDir;
@@ -160,7 +160,10 @@ fn file_source_installs_as_destination_slash_basename_with_missing_ancestors() {
     let f = fixture();
     f.add("config/app.conf").add("config/other.conf");
     let plan = f
-        .build(&spec(vec![map("config/app.conf", &f.ds("etc/app"), 1)], vec![]))
+        .build(&spec(
+            vec![map("config/app.conf", &f.ds("etc/app"), 1)],
+            vec![],
+        ))
         .expect("plan");
     assert_eq!(
         plan.instructions,
@@ -416,7 +419,10 @@ fn sources_escaping_the_archive_are_errors() {
     let outside = fixture();
     outside.add("secret/key").add("file.txt");
     f.add("inner/x")
-        .link("out-dir", &outside.bundle.join("secret").display().to_string())
+        .link(
+            "out-dir",
+            &outside.bundle.join("secret").display().to_string(),
+        )
         .link("rel-out", "../")
         .link("inner/up", "../..");
     for source in [
@@ -474,7 +480,10 @@ fn leading_symlinks_inside_the_archive_are_followed() {
     let f = fixture();
     f.add("real/conf/app.conf").link("alias", "real");
     let plan = f
-        .build(&spec(vec![map("alias/conf/app.conf", &f.ds(""), 1)], vec![]))
+        .build(&spec(
+            vec![map("alias/conf/app.conf", &f.ds(""), 1)],
+            vec![],
+        ))
         .expect("plan");
     assert_eq!(
         plan.instructions,
@@ -968,7 +977,10 @@ fn install_json_has_the_aws_record_shapes_and_key_order() {
     assert_eq!(json, want);
     let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(parsed["instructions"][5]["group"], serde_json::Value::Null);
-    assert_eq!(parsed["instructions"][4]["context"]["role"], serde_json::Value::Null);
+    assert_eq!(
+        parsed["instructions"][4]["context"]["role"],
+        serde_json::Value::Null
+    );
 }
 
 #[test]
@@ -1040,4 +1052,32 @@ fn a_twenty_thousand_file_bundle_plans_without_quadratic_work() {
         }
     );
     assert_eq!(err.problems().count(), 20_200);
+}
+
+#[test]
+fn under_an_object_means_under_its_path_components_not_its_text() {
+    let f = fixture();
+    f.add("app/bin/a")
+        .add("app/bin2/b")
+        .add("app/bin-x/c")
+        .add("app/bin.d");
+    let files = vec![map("app", &f.ds("srv"), 1)];
+    let plan = f
+        .build(&spec(files.clone(), vec![perm(&f.ds("srv/bin"), 2)]))
+        .expect("plan");
+    assert_eq!(chowned(&plan), vec![f.d("srv/bin/a")]);
+
+    // The root as object: every file the plan copies, wherever it is, in copy order.
+    let mut p = perm("/", 2);
+    p.types = vec![ObjectType::File];
+    let plan = f.build(&spec(files, vec![p])).expect("plan");
+    assert_eq!(
+        chowned(&plan),
+        vec![
+            f.d("srv/bin/a"),
+            f.d("srv/bin-x/c"),
+            f.d("srv/bin.d"),
+            f.d("srv/bin2/b"),
+        ]
+    );
 }

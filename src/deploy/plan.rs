@@ -36,12 +36,23 @@ pub enum Instruction {
         symlink: bool,
     },
     /// Create one directory (its parent exists or is created by an earlier instruction).
-    Mkdir { directory: PathBuf },
-    Chmod { mode: Mode, file: PathBuf },
+    Mkdir {
+        directory: PathBuf,
+    },
+    Chmod {
+        mode: Mode,
+        file: PathBuf,
+    },
     /// `setfacl --set` with these entries (canonical form via `Display`).
-    Setfacl { acl: Vec<AclEntry>, file: PathBuf },
+    Setfacl {
+        acl: Vec<AclEntry>,
+        file: PathBuf,
+    },
     /// SELinux file context (`semanage fcontext -a`, then `restorecon`).
-    Semanage { context: SeContext, file: PathBuf },
+    Semanage {
+        context: SeContext,
+        file: PathBuf,
+    },
     Chown {
         owner: Option<String>,
         group: Option<String>,
@@ -63,7 +74,12 @@ pub struct InstallPlan {
 pub fn build(spec: &AppSpec, archive_dir: &Path) -> Result<InstallPlan, PlanError> {
     let bundle = match bundle::Bundle::open(archive_dir) {
         Ok(bundle) => bundle,
-        Err(kind) => return Err(PlanError::single(Problem { kind, position: None })),
+        Err(kind) => {
+            return Err(PlanError::single(Problem {
+                kind,
+                position: None,
+            }));
+        }
     };
     let mut files = files::Files::plan(&bundle, &spec.files);
     let mut problems = std::mem::take(&mut files.problems);

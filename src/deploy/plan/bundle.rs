@@ -114,7 +114,10 @@ impl Bundle {
                 Err(e) if is_missing(&e) => return Err(missing(shown)),
                 Err(e) => return Err(self.unreadable(&shown, &e)),
             };
-            let inside = resolved.strip_prefix(&self.real).ok().map(Path::to_path_buf);
+            let inside = resolved
+                .strip_prefix(&self.real)
+                .ok()
+                .map(Path::to_path_buf);
             match (inside, last) {
                 (Some(inside), true) if resolved.is_dir() => return Ok(Source::Directory(inside)),
                 (Some(inside), false) => rel = inside,

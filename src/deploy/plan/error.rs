@@ -158,7 +158,8 @@ impl fmt::Display for Problem {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{first}")]
 pub struct PlanError {
-    first: Problem,
+    /// Boxed to keep `Result<_, PlanError>` small.
+    first: Box<Problem>,
     rest: Vec<Problem>,
 }
 
@@ -173,14 +174,14 @@ impl PlanError {
         let mut it = ordered.into_iter();
         let first = it.next()?;
         Some(PlanError {
-            first,
+            first: Box::new(first),
             rest: it.collect(),
         })
     }
 
     pub(super) fn single(problem: Problem) -> Self {
         PlanError {
-            first: problem,
+            first: Box::new(problem),
             rest: Vec::new(),
         }
     }
@@ -192,13 +193,13 @@ impl PlanError {
 
     /// All problems, the first one first.
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        std::iter::once(&self.first).chain(self.rest.iter())
+        std::iter::once(&*self.first).chain(self.rest.iter())
     }
 
     /// All problems, the first one first.
     pub fn into_problems(self) -> Vec<Problem> {
         let mut all = Vec::with_capacity(1 + self.rest.len());
-        all.push(self.first);
+        all.push(*self.first);
         all.extend(self.rest);
         all
     }

@@ -198,7 +198,8 @@ impl<'a> Files<'a> {
             directory: directory.clone(),
         });
         let order = self.mkdirs.len();
-        self.mkdirs.insert(directory, MkdirTarget { mapping, order });
+        self.mkdirs
+            .insert(directory, MkdirTarget { mapping, order });
     }
 
     fn problem(&mut self, kind: ProblemKind, mapping: usize) {

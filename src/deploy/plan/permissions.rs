@@ -45,13 +45,10 @@ impl Planner<'_> {
         let object = expand(Path::new(&permission.object));
 
         // Ours: never reach through a symlink this plan installs.
-        let through = object
-            .ancestors()
-            .skip(1)
-            .find_map(|a| {
-                let (link, copy) = files.copies.get_key_value(a)?;
-                copy.link_target.as_ref().map(|t| (link, t))
-            });
+        let through = object.ancestors().skip(1).find_map(|a| {
+            let (link, copy) = files.copies.get_key_value(a)?;
+            copy.link_target.as_ref().map(|t| (link, t))
+        });
         if let Some((link, link_target)) = through {
             let kind = ProblemKind::PermissionThroughSymlink {
                 object,
