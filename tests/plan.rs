@@ -5,8 +5,8 @@ use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 
 use codedeploy_agent::appspec::{
-    AclEntry, AclKind, AppSpec, FileMapping, Mode, ObjectType, Os, Permission, Position, SeContext,
-    SeRange,
+    AclEntry, AclKind, AppSpec, FileExistsBehavior, FileMapping, Mode, ObjectType, Os, Permission,
+    Position, SeContext, SeRange,
 };
 use codedeploy_agent::deploy::plan::{self, Instruction, PlanError, ProblemKind};
 use tempfile::TempDir;
@@ -1080,4 +1080,89 @@ fn under_an_object_means_under_its_path_components_not_its_text() {
             f.d("srv/bin2/b"),
         ]
     );
+}
+
+// ---------------------------------------------------------------- file_exists_behavior
+
+#[test]
+fn build_for_install_disallow_fails_on_an_existing_file_with_the_aws_message() {
+    let f = fixture();
+    f.add("a.txt").add("b.txt");
+    fs::create_dir_all(f.d("srv")).expect("mkdir");
+    fs::write(f.d("srv/a.txt"), "foreign").expect("write");
+    let files = vec![map("a.txt", &f.ds("srv"), 1), map("b.txt", &f.ds("srv"), 2)];
+    let err = plan::build_for_install(
+        &spec(files.clone(), vec![]),
+        &f.bundle,
+        FileExistsBehavior::Disallow,
+    )
+    .expect_err("exists");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "The deployment failed because a specified file already exists at this location: {}",
+            f.d("srv/a.txt").display()
+        )
+    );
+    assert_eq!(err.first().position, Some(pos(1)));
+    // `build` leaves the decision to the installer.
+    assert_eq!(
+        f.build(&spec(files, vec![]))
+            .expect("plan")
+            .instructions
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn build_for_install_overwrite_copies_and_retain_leaves_the_file_out_of_the_plan() {
+    let f = fixture();
+    f.add("app/a.txt").add("app/b.txt");
+    fs::create_dir_all(f.d("srv")).expect("mkdir");
+    fs::write(f.d("srv/a.txt"), "foreign").expect("write");
+    let mut s = spec(
+        vec![map("app", &f.ds("srv"), 1)],
+        vec![perm(&f.ds("srv"), 2)],
+    );
+
+    let plan = plan::build_for_install(&s, &f.bundle, FileExistsBehavior::Overwrite).expect("plan");
+    assert_eq!(chowned(&plan), vec![f.d("srv/a.txt"), f.d("srv/b.txt")]);
+
+    let plan = plan::build_for_install(&s, &f.bundle, FileExistsBehavior::Retain).expect("plan");
+    assert_eq!(
+        plan.instructions,
+        vec![
+            copy(f.b("app/b.txt"), f.d("srv/b.txt")),
+            chown(f.d("srv/b.txt"))
+        ]
+    );
+
+    // The appspec's value wins over the deployment's.
+    s.file_exists_behavior = Some(FileExistsBehavior::Retain);
+    let plan = plan::build_for_install(&s, &f.bundle, FileExistsBehavior::Overwrite).expect("plan");
+    assert_eq!(chowned(&plan), vec![f.d("srv/b.txt")]);
+}
+
+#[test]
+fn build_for_install_reports_disallow_before_a_later_collision() {
+    let f = fixture();
+    f.add("a/x").add("b/x").add("c.txt");
+    fs::write(f.d("c.txt"), "foreign").expect("write");
+    let err = plan::build_for_install(
+        &spec(
+            vec![
+                map("c.txt", &f.ds(""), 1),
+                map("a/x", &f.ds(""), 2),
+                map("b/x", &f.ds(""), 3),
+            ],
+            vec![],
+        ),
+        &f.bundle,
+        FileExistsBehavior::Disallow,
+    )
+    .expect_err("problems");
+    let all = kinds(&err);
+    assert!(matches!(all[0], ProblemKind::FileExists { .. }));
+    assert!(matches!(all[1], ProblemKind::DuplicateDestination { .. }));
 }

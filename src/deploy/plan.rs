@@ -21,7 +21,7 @@ mod permissions;
 
 use std::path::{Path, PathBuf};
 
-use crate::appspec::{AclEntry, AppSpec, Mode, SeContext};
+use crate::appspec::{AclEntry, AppSpec, FileExistsBehavior, Mode, SeContext};
 
 pub use error::{PlanError, Problem, ProblemKind};
 
@@ -67,11 +67,36 @@ pub struct InstallPlan {
 }
 
 /// Plans the install of `spec` from the unpacked bundle at `archive_dir`
-/// (`<deployment>/deployment-archive`).
+/// (`<deployment>/deployment-archive`). Every bundle file gets a copy, whatever exists at its
+/// destination: the caller handles `file_exists_behavior` (or use [`build_for_install`]).
 ///
 /// Every problem is collected; the error displays the one the AWS agent would have raised
 /// first, when it raises one at all.
 pub fn build(spec: &AppSpec, archive_dir: &Path) -> Result<InstallPlan, PlanError> {
+    plan(spec, archive_dir, None)
+}
+
+/// [`build`], plus the AWS agent's generation-time `file_exists_behavior` (agent-behaviour.md
+/// §5.4): the appspec's value if it has one, else `deployment_behavior`. A destination file
+/// that exists on disk fails the plan (`DISALLOW`), is copied over (`OVERWRITE`), or is left
+/// out of the plan entirely (`RETAIN`: no copy, and permissions do not select it).
+///
+/// Call it after the previous install of the deployment group has been cleaned up, as the AWS
+/// agent does (§6.1), so only files it did not install count.
+pub fn build_for_install(
+    spec: &AppSpec,
+    archive_dir: &Path,
+    deployment_behavior: FileExistsBehavior,
+) -> Result<InstallPlan, PlanError> {
+    let behavior = spec.file_exists_behavior.unwrap_or(deployment_behavior);
+    plan(spec, archive_dir, Some(behavior))
+}
+
+fn plan(
+    spec: &AppSpec,
+    archive_dir: &Path,
+    existing: Option<FileExistsBehavior>,
+) -> Result<InstallPlan, PlanError> {
     let bundle = match bundle::Bundle::open(archive_dir) {
         Ok(bundle) => bundle,
         Err(kind) => {
@@ -81,7 +106,7 @@ pub fn build(spec: &AppSpec, archive_dir: &Path) -> Result<InstallPlan, PlanErro
             }));
         }
     };
-    let mut files = files::Files::plan(&bundle, &spec.files);
+    let mut files = files::Files::plan(&bundle, &spec.files, existing);
     let mut problems = std::mem::take(&mut files.problems);
     let index = index::Index::new(&files);
     check_symlink_traversal(&index, spec, &mut problems);

@@ -10,6 +10,12 @@ use crate::appspec::Position;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProblemKind {
     // ---- Raised by the AWS agent's CommandBuilder / Installer, same text. ----
+    /// `DISALLOW` and the destination file already exists (agent-behaviour.md §5.4).
+    #[error(
+        "The deployment failed because a specified file already exists at this location: {}",
+        .destination.display()
+    )]
+    FileExists { destination: PathBuf },
     /// Two bundle files land on the same destination file.
     #[error(
         "The deployment failed because the application specification file specifies two source files named {} and {} for the same destination ({}). Remove one of the source file paths from the AppSpec file, and then try again.",
@@ -126,7 +132,8 @@ impl ProblemKind {
     pub fn raised_by_aws_agent(&self) -> bool {
         matches!(
             self,
-            Self::DuplicateDestination { .. }
+            Self::FileExists { .. }
+                | Self::DuplicateDestination { .. }
                 | Self::CopyOntoDirectory { .. }
                 | Self::DirectoryOntoCopy { .. }
                 | Self::FilePatternNotAnyDepth { .. }

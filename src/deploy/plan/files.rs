@@ -9,7 +9,7 @@ use super::Instruction;
 use super::bundle::{Bundle, EntryKind, Source};
 use super::error::{Problem, ProblemKind};
 use super::paths::expand;
-use crate::appspec::FileMapping;
+use crate::appspec::{FileExistsBehavior, FileMapping};
 
 /// A destination the plan copies a bundle entry to.
 #[derive(Debug)]
@@ -36,6 +36,8 @@ pub(super) struct MkdirTarget {
 pub(super) struct Files<'a> {
     bundle: &'a Bundle,
     mappings: &'a [FileMapping],
+    /// `None`: every file is copied, whatever is on disk (the installer decides later).
+    existing: Option<FileExistsBehavior>,
     pub instructions: Vec<Instruction>,
     /// Keyed by normalised absolute destination.
     pub copies: HashMap<PathBuf, CopyTarget>,
@@ -46,10 +48,15 @@ pub(super) struct Files<'a> {
 
 impl<'a> Files<'a> {
     /// Plans every entry of `mappings`, in order.
-    pub(super) fn plan(bundle: &'a Bundle, mappings: &'a [FileMapping]) -> Files<'a> {
+    pub(super) fn plan(
+        bundle: &'a Bundle,
+        mappings: &'a [FileMapping],
+        existing: Option<FileExistsBehavior>,
+    ) -> Files<'a> {
         let mut files = Files {
             bundle,
             mappings,
+            existing,
             instructions: Vec::new(),
             copies: HashMap::new(),
             mkdirs: HashMap::new(),
@@ -88,7 +95,7 @@ impl<'a> Files<'a> {
         let name = rel.file_name().unwrap_or(rel.as_os_str());
         let target = destination.join(name);
         self.fill_in_missing_ancestors(&target, mapping);
-        self.copy(self.bundle.logical(rel), target, link_target, mapping);
+        self.normal_copy(self.bundle.logical(rel), target, link_target, mapping);
     }
 
     /// Merges the contents of bundle directory `rel` into `destination`, depth first, entries
@@ -114,11 +121,12 @@ impl<'a> Files<'a> {
                     }
                 }
                 EntryKind::File => {
-                    self.copy(self.bundle.logical(&rel), destination, None, mapping);
+                    self.normal_copy(self.bundle.logical(&rel), destination, None, mapping);
                 }
                 EntryKind::Symlink => {
                     let link = self.bundle.link_target(&rel);
-                    self.copy(self.bundle.logical(&rel), destination, Some(link), mapping);
+                    let source = self.bundle.logical(&rel);
+                    self.normal_copy(source, destination, Some(link), mapping);
                 }
                 EntryKind::Other(what) => {
                     let path = self.bundle.logical(&rel);
@@ -140,6 +148,31 @@ impl<'a> Files<'a> {
         for directory in missing {
             self.mkdir(directory.to_path_buf(), mapping);
         }
+    }
+
+    /// `Installer#generate_normal_copy`: with a file-exists behaviour, a destination that
+    /// exists on disk is an error (DISALLOW), copied over (OVERWRITE) or left alone and not
+    /// planned at all (RETAIN). "Exists" does not follow a symlink: a dangling link counts.
+    fn normal_copy(
+        &mut self,
+        source: PathBuf,
+        destination: PathBuf,
+        link_target: Option<PathBuf>,
+        mapping: usize,
+    ) {
+        if let Some(behavior) = self.existing
+            && fs::symlink_metadata(&destination).is_ok()
+        {
+            match behavior {
+                FileExistsBehavior::Disallow => {
+                    let kind = ProblemKind::FileExists { destination };
+                    return self.problem(kind, mapping);
+                }
+                FileExistsBehavior::Overwrite => {}
+                FileExistsBehavior::Retain => return,
+            }
+        }
+        self.copy(source, destination, link_target, mapping);
     }
 
     /// `CommandBuilder#copy`.
