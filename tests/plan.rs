@@ -1166,3 +1166,20 @@ fn build_for_install_reports_disallow_before_a_later_collision() {
     assert!(matches!(all[0], ProblemKind::FileExists { .. }));
     assert!(matches!(all[1], ProblemKind::DuplicateDestination { .. }));
 }
+
+#[test]
+fn names_that_are_not_utf8_are_planned_matched_and_written_lossily_to_json() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let f = fixture();
+    f.add("app/");
+    let name = OsStr::from_bytes(b"caf\xe9");
+    fs::write(f.b("app").join(name), "").expect("write");
+    let mut p = perm(&f.ds("srv"), 2);
+    p.pattern = "caf*".to_owned();
+    let plan = f
+        .build(&spec(vec![map("app", &f.ds("srv"), 1)], vec![p]))
+        .expect("plan");
+    assert_eq!(chowned(&plan), vec![f.d("srv").join(name)]);
+    assert!(plan.to_install_json().contains("srv/caf\u{fffd}\""));
+}

@@ -1,10 +1,12 @@
 //! Appspec + unpacked bundle -> install plan: the AWS agent's `CommandBuilder` and
 //! `Installer#generate_instructions` (agent-behaviour.md §5.3, §5.5, §5.9, §6.1, §6.2).
 //!
-//! [`build`] reads the bundle and stats the destination side; it never writes. The plan lists
-//! the `files` section first (appspec order, each directory walked depth first in byte order
-//! of names), then the `permissions` section. [`InstallPlan::to_install_json`] renders the
-//! informational `<dg>-install.json`.
+//! [`build`] and [`build_for_install`] read the bundle and stat the destination side; they
+//! never write. The plan lists the `files` section first (appspec order, each directory walked
+//! depth first in byte order of names, where the AWS agent uses `readdir` order), then the
+//! `permissions` section. Paths are compared after lexical normalisation (Ruby's
+//! `File.expand_path`; a relative path is taken from `/`). [`InstallPlan::to_install_json`]
+//! renders the informational `<dg>-install.json`.
 //!
 //! Beyond the AWS agent (each listed in docs/compatibility.md): a source that is missing or
 //! resolves outside the bundle is an error here rather than a failed `cp` later; symlinks in
