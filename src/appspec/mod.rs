@@ -2,8 +2,8 @@
 //! (agent-behaviour.md §5.2–§5.6), but report every problem at once with `line:column`.
 
 pub mod model;
-pub mod pattern;
 mod parse;
+pub mod pattern;
 
 pub use model::*;
 pub use parse::*;

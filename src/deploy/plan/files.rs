@@ -1,0 +1,247 @@
+//! The `files` section: copy and mkdir instructions, with the AWS agent's collision checks
+//! (`installer.rb#generate_instructions`, `CommandBuilder#copy`/`#mkdir`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::Instruction;
+use super::bundle::{Bundle, EntryKind, Source};
+use super::error::{Problem, ProblemKind};
+use super::paths::expand;
+use crate::appspec::{FileExistsBehavior, FileMapping};
+
+/// A destination the plan copies a bundle entry to.
+#[derive(Debug)]
+pub(super) struct CopyTarget {
+    /// The bundle path copied from, as recorded in the instruction.
+    pub source: PathBuf,
+    /// `Some(link text)` when the entry is a symlink installed as a symlink.
+    pub link_target: Option<PathBuf>,
+    /// Index of the `files` entry that produced it.
+    pub mapping: usize,
+    /// Position among all copies, in instruction order.
+    pub order: usize,
+}
+
+/// A directory the plan creates.
+#[derive(Debug)]
+pub(super) struct MkdirTarget {
+    pub mapping: usize,
+    /// Position among all mkdirs, in instruction order.
+    pub order: usize,
+}
+
+/// The result of planning the `files` section.
+pub(super) struct Files<'a> {
+    bundle: &'a Bundle,
+    mappings: &'a [FileMapping],
+    /// `None`: every file is copied, whatever is on disk (the installer decides later).
+    existing: Option<FileExistsBehavior>,
+    pub instructions: Vec<Instruction>,
+    /// Keyed by normalised absolute destination.
+    pub copies: HashMap<PathBuf, CopyTarget>,
+    /// Keyed by normalised absolute directory.
+    pub mkdirs: HashMap<PathBuf, MkdirTarget>,
+    pub problems: Vec<Problem>,
+}
+
+impl<'a> Files<'a> {
+    /// Plans every entry of `mappings`, in order.
+    pub(super) fn plan(
+        bundle: &'a Bundle,
+        mappings: &'a [FileMapping],
+        existing: Option<FileExistsBehavior>,
+    ) -> Files<'a> {
+        let mut files = Files {
+            bundle,
+            mappings,
+            existing,
+            instructions: Vec::new(),
+            copies: HashMap::new(),
+            mkdirs: HashMap::new(),
+            problems: Vec::new(),
+        };
+        for (index, mapping) in mappings.iter().enumerate() {
+            files.add_mapping(index, mapping);
+        }
+        files
+    }
+
+    fn add_mapping(&mut self, mapping: usize, entry: &FileMapping) {
+        let destination = expand(Path::new(&entry.destination));
+        match self.bundle.resolve(&entry.source) {
+            Ok(Source::Directory(rel)) => {
+                self.fill_in_missing_ancestors(&destination, mapping);
+                self.copy_directory(rel, destination, mapping);
+            }
+            Ok(Source::File(rel)) => self.copy_single(&rel, &destination, None, mapping),
+            Ok(Source::Symlink(rel)) => {
+                let link = self.bundle.link_target(&rel);
+                self.copy_single(&rel, &destination, Some(link), mapping);
+            }
+            Err(kind) => self.problem(kind, mapping),
+        }
+    }
+
+    /// A file (or symlink) source goes to `<destination>/<basename>`.
+    fn copy_single(
+        &mut self,
+        rel: &Path,
+        destination: &Path,
+        link_target: Option<PathBuf>,
+        mapping: usize,
+    ) {
+        let name = rel.file_name().unwrap_or(rel.as_os_str());
+        let target = destination.join(name);
+        self.fill_in_missing_ancestors(&target, mapping);
+        self.normal_copy(self.bundle.logical(rel), target, link_target, mapping);
+    }
+
+    /// Merges the contents of bundle directory `rel` into `destination`, depth first, entries
+    /// in byte order. A directory is created unless it already is one on disk; symlinks are
+    /// installed as symlinks and never entered.
+    fn copy_directory(&mut self, rel: PathBuf, destination: PathBuf, mapping: usize) {
+        let mut stack = vec![(rel, destination, EntryKind::Directory)];
+        while let Some((rel, destination, kind)) = stack.pop() {
+            match kind {
+                EntryKind::Directory => {
+                    if !is_directory_on_disk(&destination) {
+                        self.mkdir(destination.clone(), mapping);
+                    }
+                    match self.bundle.list(&rel) {
+                        Ok(entries) => {
+                            for (child, kind) in entries.into_iter().rev() {
+                                let name = child.file_name().unwrap_or(child.as_os_str());
+                                let child_destination = destination.join(name);
+                                stack.push((child, child_destination, kind));
+                            }
+                        }
+                        Err(problem) => self.problem(problem, mapping),
+                    }
+                }
+                EntryKind::File => {
+                    self.normal_copy(self.bundle.logical(&rel), destination, None, mapping);
+                }
+                EntryKind::Symlink => {
+                    let link = self.bundle.link_target(&rel);
+                    let source = self.bundle.logical(&rel);
+                    self.normal_copy(source, destination, Some(link), mapping);
+                }
+                EntryKind::Other(what) => {
+                    let path = self.bundle.logical(&rel);
+                    self.problem(ProblemKind::UnsupportedEntry { path, what }, mapping);
+                }
+            }
+        }
+    }
+
+    /// Creates the missing ancestors of `path` (not `path` itself), outermost first, stopping
+    /// at `/` or at the first one that exists on disk.
+    fn fill_in_missing_ancestors(&mut self, path: &Path, mapping: usize) {
+        let mut missing: Vec<&Path> = path
+            .ancestors()
+            .skip(1)
+            .take_while(|p| p.parent().is_some() && fs::metadata(p).is_err())
+            .collect();
+        missing.reverse();
+        for directory in missing {
+            self.mkdir(directory.to_path_buf(), mapping);
+        }
+    }
+
+    /// `Installer#generate_normal_copy`: with a file-exists behaviour, a destination that
+    /// exists on disk is an error (DISALLOW), copied over (OVERWRITE) or left alone and not
+    /// planned at all (RETAIN). "Exists" does not follow a symlink: a dangling link counts.
+    fn normal_copy(
+        &mut self,
+        source: PathBuf,
+        destination: PathBuf,
+        link_target: Option<PathBuf>,
+        mapping: usize,
+    ) {
+        if let Some(behavior) = self.existing
+            && fs::symlink_metadata(&destination).is_ok()
+        {
+            match behavior {
+                FileExistsBehavior::Disallow => {
+                    let kind = ProblemKind::FileExists { destination };
+                    return self.problem(kind, mapping);
+                }
+                FileExistsBehavior::Overwrite => {}
+                FileExistsBehavior::Retain => return,
+            }
+        }
+        self.copy(source, destination, link_target, mapping);
+    }
+
+    /// `CommandBuilder#copy`.
+    fn copy(
+        &mut self,
+        source: PathBuf,
+        destination: PathBuf,
+        link_target: Option<PathBuf>,
+        mapping: usize,
+    ) {
+        if let Some(previous) = self.copies.get(&destination) {
+            let kind = ProblemKind::DuplicateDestination {
+                src: source,
+                previous: previous.source.clone(),
+                destination,
+            };
+            return self.problem(kind, mapping);
+        }
+        if self.mkdirs.contains_key(&destination) {
+            let kind = ProblemKind::CopyOntoDirectory {
+                src: source,
+                destination,
+            };
+            return self.problem(kind, mapping);
+        }
+        self.instructions.push(Instruction::Copy {
+            source: source.clone(),
+            destination: destination.clone(),
+            symlink: link_target.is_some(),
+        });
+        let order = self.copies.len();
+        self.copies.insert(
+            destination,
+            CopyTarget {
+                source,
+                link_target,
+                mapping,
+                order,
+            },
+        );
+    }
+
+    /// `CommandBuilder#mkdir`: a repeated mkdir is merged silently.
+    fn mkdir(&mut self, directory: PathBuf, mapping: usize) {
+        if let Some(copy) = self.copies.get(&directory) {
+            let kind = ProblemKind::DirectoryOntoCopy {
+                directory,
+                copied_from: copy.source.clone(),
+            };
+            return self.problem(kind, mapping);
+        }
+        if self.mkdirs.contains_key(&directory) {
+            return;
+        }
+        self.instructions.push(Instruction::Mkdir {
+            directory: directory.clone(),
+        });
+        let order = self.mkdirs.len();
+        self.mkdirs
+            .insert(directory, MkdirTarget { mapping, order });
+    }
+
+    fn problem(&mut self, kind: ProblemKind, mapping: usize) {
+        let position = self.mappings.get(mapping).map(|m| m.position);
+        self.problems.push(Problem { kind, position });
+    }
+}
+
+/// Ruby's `File.directory?`: follows symlinks; errors count as "no".
+pub(super) fn is_directory_on_disk(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_dir())
+}
