@@ -369,8 +369,8 @@ fn run_script(
         ))
     };
 
-    let plan =
-        plan_command(&path, script).map_err(|(kind, message)| fail_with_error(&kind, &message))?;
+    let plan = plan_command(&path, script, nix::unistd::geteuid().as_raw())
+        .map_err(|(kind, message)| fail_with_error(&kind, &message))?;
 
     let files = output_paths(run, index, script);
     let deadline = Instant::now().checked_add(Duration::from_secs(script.timeout));
@@ -520,10 +520,14 @@ struct CommandPlan {
     script: PathBuf,
 }
 
-/// Decides how to run the script given `runas`, `sudo` and whether we are root. Errors are
-/// `(kind, message)` for `failed with error <kind> with message <message>`.
-fn plan_command(path: &Path, script: &Script) -> Result<CommandPlan, (String, String)> {
-    let is_root = nix::unistd::geteuid().is_root();
+/// Decides how to run the script given `runas`, `sudo` and the agent's effective uid. Errors
+/// are `(kind, message)` for `failed with error <kind> with message <message>`.
+fn plan_command(
+    path: &Path,
+    script: &Script,
+    euid: libc::uid_t,
+) -> Result<CommandPlan, (String, String)> {
+    let is_root = euid == 0;
     let direct = |user| CommandPlan {
         program: path.to_owned(),
         args: Vec::new(),
@@ -554,7 +558,7 @@ fn plan_command(path: &Path, script: &Script) -> Result<CommandPlan, (String, St
                 RunAsUser::resolve(name).map_err(|e| (e.kind().to_owned(), e.to_string()))?;
             if is_root {
                 Ok(direct(Some(user)))
-            } else if user.uid == nix::unistd::geteuid().as_raw() {
+            } else if user.uid == euid {
                 // Already that user: nothing to switch.
                 Ok(direct(None))
             } else {
@@ -726,6 +730,56 @@ mod tests {
         assert_eq!(
             f.message,
             "Script at specified location: s.sh failed with exit code 137 (killed by signal SIGKILL)"
+        );
+    }
+
+    fn plan(runas: Option<&str>, sudo: bool, euid: u32) -> Result<CommandPlan, (String, String)> {
+        let script = Script {
+            location: "s.sh".into(),
+            timeout: 1,
+            runas: runas.map(str::to_owned),
+            sudo,
+            position: Default::default(),
+        };
+        plan_command(Path::new("/a/s.sh"), &script, euid)
+    }
+
+    fn argv(p: &CommandPlan) -> Vec<String> {
+        std::iter::once(p.program.as_os_str())
+            .chain(p.args.iter().map(|a| a.as_os_str()))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn root_runs_the_script_directly_with_or_without_sudo() {
+        for sudo in [false, true] {
+            let p = plan(None, sudo, 0).expect("plan");
+            assert_eq!(argv(&p), ["/a/s.sh"]);
+            assert!(p.direct && p.user.is_none());
+            let p = plan(Some("root"), sudo, 0).expect("plan");
+            assert_eq!(argv(&p), ["/a/s.sh"]);
+            assert_eq!(p.user.as_ref().map(|u| u.uid), Some(0));
+        }
+    }
+
+    #[test]
+    fn without_root_sudo_goes_through_sudo_non_interactively() {
+        let p = plan(None, true, 1000).expect("plan");
+        assert_eq!(argv(&p), ["sudo", "-n", "--", "/a/s.sh"]);
+        let p = plan(Some("app"), true, 1000).expect("plan");
+        assert_eq!(argv(&p), ["sudo", "-n", "-u", "app", "--", "/a/s.sh"]);
+        let p = plan(None, false, 1000).expect("plan");
+        assert_eq!(argv(&p), ["/a/s.sh"]);
+    }
+
+    #[test]
+    fn without_root_runas_needs_sudo() {
+        let (kind, message) = plan(Some("root"), false, 1000).err().expect("refused");
+        assert_eq!(kind, "NotRoot");
+        assert!(
+            message.contains("run the agent as root or set sudo: true"),
+            "{message}"
         );
     }
 

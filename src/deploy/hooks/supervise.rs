@@ -288,7 +288,8 @@ impl Readers {
         }
     }
 
-    /// A last read of what is already there, then the unfinished last lines.
+    /// A last read of what is already there, then the unfinished last lines (after both
+    /// streams are read, so an unterminated stdout line does not swallow stderr's lines).
     fn drain(&mut self, buf: &mut [u8], log: &mut EventLog) {
         match self {
             Readers::Files(tails) => {
@@ -296,21 +297,23 @@ impl Readers {
                     // Only up to the current end: a background child may keep writing forever.
                     let end = tail.file.metadata().map(|m| m.len()).unwrap_or(0);
                     while tail.pos < end && tail.read_new(buf, log, Some(end)) {}
+                }
+                for tail in tails.iter_mut() {
                     tail.finish(log);
                 }
             }
             Readers::Pipes(out, err) => {
-                for slot in [out, err] {
-                    if let Some(reader) = slot {
-                        // Bounded: a writer that never stops cannot keep us here.
-                        for _ in 0..16 {
-                            let (read, open) = reader.read_available(buf, log);
-                            if !read || !open {
-                                break;
-                            }
+                for reader in [&mut *out, &mut *err].into_iter().flatten() {
+                    // Bounded: a writer that never stops cannot keep us here.
+                    for _ in 0..16 {
+                        let (read, open) = reader.read_available(buf, log);
+                        if !read || !open {
+                            break;
                         }
-                        reader.finish(log);
                     }
+                }
+                for reader in [out, err].into_iter().flatten() {
+                    reader.finish(log);
                 }
             }
         }
