@@ -696,3 +696,23 @@ fn runas_switches_user_without_su() {
         )
     );
 }
+
+#[test]
+fn a_rerun_logs_only_its_own_output() {
+    let f = fixture();
+    f.write("s.sh", "#!/bin/sh\necho once-per-run\n");
+    f.run(&[script("s.sh", 10)]).expect("first run");
+    let report = f.run(&[script("s.sh", 10)]).expect("second run");
+    let log = f.scripts_log();
+    assert_eq!(log.matches("[stdout]once-per-run\n").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("LifecycleEvent - ApplicationStart\n").count(),
+        2
+    );
+    // The per-deployment file keeps both runs' output.
+    let (stdout, _) = report.scripts[0].output_files.clone().expect("files");
+    assert_eq!(
+        fs::read_to_string(stdout).expect("stdout file"),
+        "once-per-run\nonce-per-run\n"
+    );
+}

@@ -96,14 +96,14 @@ pub(crate) fn run(
             .take()
             .map(|p| PipeReader::new(Pipe::Err(p), Stream::Stderr));
     }
+    let pid = i32::try_from(child.id()).expect("Linux pids fit in pid_t (PID_MAX_LIMIT is 2^22)");
     let mut sup = Supervisor {
         child,
-        pgid: Pid::from_raw(0),
+        pgid: Pid::from_raw(pid),
         exit: None,
         readers,
         buf: vec![0; CHUNK],
     };
-    sup.pgid = Pid::from_raw(i32::try_from(sup.child.id()).unwrap_or(i32::MAX));
     Ok(sup.supervise(deadline, kill_grace, log, location))
 }
 
