@@ -329,6 +329,9 @@ fn prefix(script: &Script) -> String {
     }
 }
 
+/// How often a spawn failing with ETXTBSY is retried.
+const MAX_BUSY_RETRIES: u32 = 10;
+
 /// Runs one script: checks, spawn, supervision, outcome. Returns the output files on success.
 fn run_script(
     run: &EventRun<'_>,
@@ -375,6 +378,7 @@ fn run_script(
     let files = output_paths(run, index, script);
     let deadline = Instant::now().checked_add(Duration::from_secs(script.timeout));
     let mut fallback_to_sh = false;
+    let mut busy_retries = 0u32;
     let outcome = loop {
         let cmd = build_command(&plan, run, archive_dir, fallback_to_sh);
         let capture = if run.options.wait_for_inherited_output {
@@ -397,6 +401,16 @@ fn run_script(
             // A script without a `#!` line: run it with /bin/sh, as execvp and Ruby do.
             Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) && !fallback_to_sh && plan.direct => {
                 fallback_to_sh = true;
+            }
+            // "Text file busy": a process forked elsewhere in the agent still held a write
+            // handle on the freshly written script when we tried to exec it. It goes away as
+            // soon as that process execs; retry briefly (at most about 1.3 s in all).
+            Err(e)
+                if e.raw_os_error() == Some(libc::ETXTBSY) && busy_retries < MAX_BUSY_RETRIES =>
+            {
+                tracing::debug!(location = %location, attempt = busy_retries + 1, "script is busy (ETXTBSY); retrying");
+                std::thread::sleep(Duration::from_millis(10 << busy_retries.min(4)));
+                busy_retries += 1;
             }
             Err(e) => {
                 let (kind, message) = describe_io_error(&e, &plan.program);
