@@ -392,6 +392,7 @@ fn a_timeout_terms_the_process_group_and_fails_with_code_3() {
     let start = Instant::now();
     let e = f.run_err(&[script("scripts/slow.sh", 1)]);
     let elapsed = start.elapsed();
+    assert_eq!(e.code, ScriptErrorCode::ScriptTimedOut);
     assert_eq!(
         e.message,
         "Script at specified location: scripts/slow.sh failed to complete in 1 seconds"
