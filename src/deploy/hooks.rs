@@ -5,10 +5,17 @@
 //! deployments log), enforces the timeout (TERM the group, then KILL after a grace period) and
 //! stops at the first failing script with the [`ScriptError`] AWS would report, word for word.
 //!
-//! By default a script's stdout and stderr go to files under `<deployment dir>/logs/hooks/`
-//! that are tailed into scripts.log while it runs, so a daemon started by the script (`app &`)
-//! holding them open neither delays nor fails the event. [`HookOptions::wait_for_inherited_output`]
-//! restores the AWS pipes and its "failed to close STDOUT" error.
+//! By default a script's stdout and stderr go to files,
+//! `<deployment dir>/logs/hooks/<NN>-<event>-<script file name>.stdout` and `.stderr` (`NN` is
+//! the script's 1-based position in the event; files are appended to on a rerun), that are
+//! tailed into scripts.log while it runs. A daemon started by the script (`app &`) holding them
+//! open therefore neither delays nor fails the event, and its later output lands in those
+//! files. [`HookOptions::wait_for_inherited_output`] restores the AWS pipes and its "failed to
+//! close STDOUT" error.
+//!
+//! Lines longer than 16 KiB are logged in 16 KiB pieces (each ending with a newline) and ANSI
+//! escape sequences are stripped, so scripts.log stays one entry per line and memory stays
+//! bounded whatever a script prints; the output files keep the raw bytes.
 //!
 //! The engine is synchronous; the daemon calls it from `spawn_blocking`.
 
