@@ -202,6 +202,10 @@ pub(super) fn load(text: &str) -> Result<Loaded, Vec<Diagnostic>> {
             Some(Ok(pair)) => pair,
             Some(Err(e)) => {
                 let pos = position(e.marker());
+                if e.info() == "recursion limit exceeded" {
+                    // The scanner's own flow-nesting limit (255), reached while it looks ahead.
+                    return Err(vec![too_deep(pos)]);
+                }
                 return Err(vec![error(
                     pos,
                     format!(
@@ -312,6 +316,17 @@ pub(super) fn load(text: &str) -> Result<Loaded, Vec<Diagnostic>> {
     })
 }
 
+fn too_deep(pos: Position) -> Diagnostic {
+    error(
+        pos,
+        format!(
+            "The appspec is nested too deeply: more than {MAX_DEPTH} levels of lists and mappings \
+             at line {}, column {}.",
+            pos.line, pos.column
+        ),
+    )
+}
+
 /// The parser's events are well nested; a stray end event would be a parser bug.
 fn unreachable_frame(pos: Position) -> Result<Option<Val>, Vec<Diagnostic>> {
     Err(vec![error(
@@ -351,14 +366,7 @@ impl Builder<'_> {
     fn open(&mut self, pos: Position) -> Result<(), Vec<Diagnostic>> {
         self.count(pos)?;
         if self.stack.len() >= MAX_DEPTH {
-            return Err(vec![error(
-                pos,
-                format!(
-                    "The appspec is nested too deeply: more than {MAX_DEPTH} levels of lists and \
-                     mappings at line {}, column {}.",
-                    pos.line, pos.column
-                ),
-            )]);
+            return Err(vec![too_deep(pos)]);
         }
         Ok(())
     }
