@@ -11,8 +11,8 @@ use std::fmt;
 
 use super::acl::parse_ace;
 use super::model::{
-    AclEntry, AppSpec, DEFAULT_TIMEOUT_SECS, FileExistsBehavior, FileMapping, Mode, ObjectType, Os,
-    Permission, Position, Script, SeContext,
+    AclEntry, AppSpec, DEFAULT_TIMEOUT_SECS, FileExistsBehavior, FileMapping, LifecycleEvent, Mode,
+    ObjectType, Os, Permission, Position, Script, SeContext,
 };
 use super::ruby::{self, Plain};
 use super::selinux::parse_range;
@@ -319,6 +319,18 @@ impl Checker {
                 continue;
             }
             let event = key.to_ruby_s();
+            if let Some(known) = LifecycleEvent::DEFAULT_ORDER
+                .iter()
+                .find(|e| e.as_str() != event && e.as_str().eq_ignore_ascii_case(&event))
+            {
+                self.warn(
+                    key.pos,
+                    format!(
+                        "The hook {event} differs from the lifecycle event {known} only in case; \
+                         event names are case-sensitive, so its scripts will not run for {known}."
+                    ),
+                );
+            }
             let Kind::Seq(items) = &scripts.kind else {
                 self.error(
                     scripts.pos,
@@ -659,7 +671,12 @@ impl Checker {
             && !v.text.starts_with("0x")
             && !v.text.starts_with("0b");
         let mut text = if leading_zero_octal {
-            v.text.clone()
+            // Extra leading zeros change nothing in octal: `01777` is mode 1777.
+            let mut t = v.text.as_str();
+            while t.len() > 4 && t.starts_with('0') {
+                t = &t[1..];
+            }
+            t.to_owned()
         } else {
             v.to_ruby_s()
         };
@@ -805,5 +822,92 @@ impl Checker {
             );
         }
         behavior
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let err = parse(text, Os::Linux).expect_err("should fail");
+        err.errors().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn display_is_the_first_aws_error_only() {
+        let err = parse("version: 1\nos: linux\nHooks: {}\n", Os::Linux).expect_err("bad version");
+        assert!(
+            err.to_string()
+                .starts_with("The deployment failed because an invalid version value (1)")
+        );
+        assert!(!err.to_string().contains("1:10"));
+        // Warnings come after the errors.
+        assert_eq!(
+            err.diagnostics.last().map(|d| d.severity),
+            Some(Severity::Warning)
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_position() {
+        let text = "version: 0.0\nos: linux\nhooks:\n  A:\n    - location: a\n      timeout: 0\n  \
+                    B:\n    - location: b\n      timeout: -1\nfiles:\n  - source: x\n";
+        let got = errors(text);
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got[0].starts_with("6:16: The deployment failed because an invalid timeout"));
+        assert!(got[1].starts_with("9:16: The deployment failed because an invalid timeout"));
+        assert!(got[2].starts_with("11:5: The deployment failed because the application specification file specifies only a source file (x)."));
+    }
+
+    #[test]
+    fn quoted_version_hint_only_when_quotes_are_the_problem() {
+        let hinted = errors("version: \"0.0\"\nos: linux\n");
+        assert!(hinted[0].ends_with(QUOTED_VERSION_HINT), "{hinted:?}");
+        let plain = errors("version: 'one'\nos: linux\n");
+        assert!(!plain[0].contains("quoted"), "{plain:?}");
+    }
+
+    #[test]
+    fn mode_with_leading_zero_keeps_its_digits() {
+        let text = "version: 0.0\nos: linux\npermissions:\n  - object: /a\n    mode: 0644\n";
+        let spec = parse(text, Os::Linux).expect("valid").spec;
+        let mode = spec.permissions[0].mode.as_ref().expect("has a mode");
+        assert_eq!((mode.text.as_str(), mode.bits), ("0644", 0o644));
+    }
+
+    #[test]
+    fn crlf_and_bom_are_read() {
+        let text = "\u{feff}version: 0.0\r\nos: linux\r\nhooks:\r\n  ApplicationStart:\r\n    - location: s.sh\r\n";
+        let spec = parse(text, Os::Linux).expect("valid").spec;
+        assert_eq!(
+            spec.scripts("ApplicationStart").map(<[Script]>::len),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn windows_accepts_windows_and_rejects_permissions() {
+        assert!(parse("version: 0.0\nos: windows\n", Os::Windows).is_ok());
+        let err = parse(
+            "version: 0.0\nos: windows\npermissions:\n  - object: x\n",
+            Os::Windows,
+        )
+        .expect_err("permissions on windows");
+        assert_eq!(err.to_string(), WINDOWS_PERMISSIONS);
+    }
+
+    #[test]
+    fn flow_style_and_inline_maps_work() {
+        let text = "{version: 0.0, os: linux, files: [{source: a, destination: /b}]}";
+        let spec = parse(text, Os::Linux).expect("valid").spec;
+        assert_eq!(spec.files[0].destination, "/b");
+        assert_eq!(
+            spec.files[0].position,
+            Position {
+                line: 1,
+                column: 35
+            }
+        );
     }
 }
