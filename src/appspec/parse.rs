@@ -6,6 +6,19 @@
 //! the first problem, every problem is collected with its `line:column`; the first error is
 //! the one the AWS agent would raise, with its text word for word. Where the AWS agent would
 //! crash on a value of the wrong shape, the error is ours and says what was expected.
+//!
+//! Deliberate differences from the AWS agent (each pinned by a test):
+//! - `mode: 0644` (plain, read by YAML 1.1 as octal 420) is mode 0644, not 0420: the digits as
+//!   written are used, without extra leading zeros (`01777` is 1777).
+//! - A `context` without `range` is valid (the AWS agent crashes at Install).
+//! - Aliases (`*x`) are refused with their position and never expanded; anchors are fine.
+//! - A repeated key keeps the last value, as in Ruby, but also gives a warning.
+//! - A quoted version that would be valid unquoted gets a hint appended to the AWS message.
+//! - Empty or blank `runas` is no runas (`None`), not `su "" -c`.
+//! - Warnings for keys ignored because of their case or a leading `:`, for hook names that
+//!   differ from a lifecycle event only in case, and for a non-boolean `sudo`.
+//! - `acls` entries are read from the text as written (`1000:7` is not a sexagesimal integer).
+//! - A sensitivity beyond `u32` is an `invalid sensitivity` error instead of a Bignum.
 
 use std::fmt;
 
@@ -220,7 +233,8 @@ impl Checker {
     fn appspec(&mut self, root: Option<&Val>) -> Option<AppSpec> {
         let Some(root) = root.filter(|r| r.truthy()) else {
             self.errors.push(Diagnostic {
-                position: root.map(|r| r.pos),
+                // An empty document has no node to point at; `~` or `false` has.
+                position: root.filter(|r| !r.text.is_empty()).map(|r| r.pos),
                 severity: Severity::Error,
                 message: EMPTY.to_owned(),
             });
