@@ -195,7 +195,6 @@ pub(super) fn load(text: &str) -> Result<Loaded, Vec<Diagnostic>> {
         warnings: Vec::new(),
     };
     let mut root: Option<Val> = None;
-
     loop {
         let (event, span) = match parser.next_event() {
             None => break,
@@ -231,7 +230,6 @@ pub(super) fn load(text: &str) -> Result<Loaded, Vec<Diagnostic>> {
                     ));
                     break;
                 }
-
                 None
             }
             Event::DocumentEnd => None,
@@ -249,8 +247,7 @@ pub(super) fn load(text: &str) -> Result<Loaded, Vec<Diagnostic>> {
                 Some(b.node(pos, Kind::Null, String::new(), false)?)
             }
             Event::Scalar(value, style, _anchor, tag) => {
-                let v = b.scalar(pos, value.into_owned(), style, tag.as_deref())?;
-                Some(v)
+                Some(b.scalar(pos, value.into_owned(), style, tag.as_deref())?)
             }
             Event::SequenceStart(_, tag) => {
                 b.check_collection_tag(pos, tag.as_deref());
