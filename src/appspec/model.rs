@@ -202,19 +202,13 @@ impl fmt::Display for AclEntry {
     }
 }
 
-/// One SELinux MLS level: a sensitivity and a set of categories (each <= 1023).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeLevel {
-    pub sensitivity: u32,
-    /// Sorted, without duplicates.
-    pub categories: Vec<u16>,
-}
-
 /// A SELinux range `s<n>[-s<m>][:c<a>[.c<b>](,c<a>[.c<b>])*]`, normalised. `Display` writes
-/// the canonical form (category runs collapsed to `cA.cB`).
+/// the canonical form (category runs collapsed to `cA.cB`), as the AWS agent's
+/// `RangeInfo#get_range` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeRange {
     pub low: u32,
+    /// `None` when the range has no high sensitivity or it equals `low`.
     pub high: Option<u32>,
     /// Sorted, without duplicates.
     pub categories: Vec<u16>,
@@ -223,7 +217,7 @@ pub struct SeRange {
 impl fmt::Display for SeRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "s{}", self.low)?;
-        if let Some(high) = self.high {
+        if let Some(high) = self.high.filter(|h| *h != self.low) {
             write!(f, "-s{high}")?;
         }
         let mut i = 0;
