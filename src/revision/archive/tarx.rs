@@ -19,6 +19,8 @@ use super::{Cx, Item, Rejection, TarOwner, UnpackError};
 const MAX_LONG_NAME: u64 = 2 * PATH_MAX as u64;
 /// Largest pax extended header read.
 const MAX_PAX: u64 = 1 << 20;
+/// Most decompressed bytes read after the tar end-of-archive marker of a tgz.
+const MAX_TRAILING: u64 = 16 << 20;
 /// Read-ahead for the archive file.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -67,10 +69,26 @@ pub(super) fn unpack(cx: &mut Cx<'_>, gzip: bool) -> Result<(), UnpackError> {
     }
     let reader = BufReader::with_capacity(READ_BUFFER, open()?);
     if gzip {
-        extract(cx, MultiGzDecoder::new(reader))
+        let rest = extract(cx, MultiGzDecoder::new(reader))?;
+        drain_gzip(cx, rest)
     } else {
-        extract(cx, reader)
+        extract(cx, reader).map(drop)
     }
+}
+
+/// Reads a tgz to its end after the tar end-of-archive blocks, so a truncated or corrupt
+/// gzip stream (a missing CRC trailer) is noticed as GNU tar notices it. Trailing data beyond
+/// [`MAX_TRAILING`] is refused rather than decompressed without end.
+fn drain_gzip<R: Read>(cx: &Cx<'_>, rest: R) -> Result<(), UnpackError> {
+    let mut limited = rest.take(MAX_TRAILING + 1);
+    let n = io::copy(&mut limited, &mut io::sink()).map_err(|e| cx.corrupt(e))?;
+    if n > MAX_TRAILING {
+        return Err(cx.corrupt(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more than 16 MiB of data follow the end of the tar archive",
+        )));
+    }
+    Ok(())
 }
 
 /// Sums the declared sizes of a plain tar's regular files by seeking from header to header.
@@ -99,13 +117,14 @@ fn prescan(cx: &mut Cx<'_>, file: File) -> Result<(), UnpackError> {
     cx.check_total(total)
 }
 
-fn extract<R: Read>(cx: &mut Cx<'_>, reader: R) -> Result<(), UnpackError> {
+/// Extracts every entry and hands back the reader, positioned after the end-of-archive marker.
+fn extract<R: Read>(cx: &mut Cx<'_>, reader: R) -> Result<R, UnpackError> {
     let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|e| cx.corrupt(e))?.raw(true);
+    let mut entries = archive.entries().map_err(|e| cx.corrupt(e))?.raw(true);
     let mut long_name: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
     let mut pax: Option<Vec<u8>> = None;
-    for entry in entries {
+    for entry in &mut entries {
         let mut entry = entry.map_err(|e| cx.corrupt(e))?;
         cx.count_entry()?;
         let ty = entry.header().entry_type().as_byte();
@@ -230,13 +249,14 @@ fn extract<R: Read>(cx: &mut Cx<'_>, reader: R) -> Result<(), UnpackError> {
         };
         cx.add(&raw, path, item, meta, Replace::NonDirectory)?;
     }
+    drop(entries);
     if long_name.is_some() || long_link.is_some() || pax.is_some() {
         return Err(cx.corrupt(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the archive ends with an extension header that describes no entry",
         )));
     }
-    Ok(())
+    Ok(archive.into_inner())
 }
 
 /// Reads a long-name or pax record of at most `limit` bytes.
@@ -307,7 +327,7 @@ mod tests {
 
     #[test]
     fn pax_records_parse() {
-        let data = b"20 path=a/b\xffc.txt\n12 mtime=5.5\n";
+        let data = b"18 path=a/b\xffc.txt\n13 mtime=5.5\n";
         let recs = parse_pax(data).unwrap();
         assert_eq!(recs[0], (b"path".to_vec(), b"a/b\xffc.txt".to_vec()));
         assert_eq!(parse_decimal(&recs[1].1), Some(5));

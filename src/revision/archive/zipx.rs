@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 
 use zip::System;
 use zip::ZipArchive;
@@ -65,6 +65,16 @@ pub(super) fn unpack(cx: &mut Cx<'_>) -> Result<(), UnpackError> {
             archive: cx.archive.to_owned(),
             limit: cx.opts.max_entries,
         });
+    }
+
+    // The zip crate keeps one of several same-named entries; find the name to refuse it.
+    if zip.has_duplicate_names() {
+        let start = zip.central_directory_start();
+        let name = File::open(cx.archive)
+            .and_then(|f| duplicate_name(&mut BufReader::new(f), start))
+            .map_err(|e| cx.corrupt(e))?
+            .unwrap_or_default();
+        return Err(cx.reject(&name, Rejection::Duplicate));
     }
 
     // Pre-pass: every name valid, no duplicates, declared total fits, before any write.
@@ -145,6 +155,26 @@ pub(super) fn unpack(cx: &mut Cx<'_>) -> Result<(), UnpackError> {
         }
     }
     Ok(())
+}
+
+/// Walks the raw central directory from `start` and returns the first name seen twice.
+fn duplicate_name<R: Read + Seek>(reader: &mut R, start: u64) -> io::Result<Option<Vec<u8>>> {
+    const CENTRAL_SIGNATURE: [u8; 4] = [0x50, 0x4b, 0x01, 0x02];
+    reader.seek(SeekFrom::Start(start))?;
+    let mut seen = HashSet::new();
+    loop {
+        let mut fixed = [0u8; 46];
+        if reader.read_exact(&mut fixed).is_err() || fixed[..4] != CENTRAL_SIGNATURE {
+            return Ok(None);
+        }
+        let len = |at: usize| u64::from(u16::from_le_bytes([fixed[at], fixed[at + 1]]));
+        let mut name = Vec::new();
+        reader.by_ref().take(len(28)).read_to_end(&mut name)?;
+        reader.seek(SeekFrom::Current((len(30) + len(32)) as i64))?;
+        if !seen.insert(name.clone()) {
+            return Ok(Some(name));
+        }
+    }
 }
 
 /// Did reading stop because the entry inflated past its declared size?
