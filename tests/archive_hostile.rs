@@ -2,6 +2,10 @@
 //!
 //! Every hostile case checks three things: the error names the entry, the target is gone
 //! (or untouched when it was not ours), and nothing next to the target changed.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns panic on set-up failures, which is the point"
+)]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -62,7 +66,10 @@ fn te<'a>(name: &'a [u8], ty: u8, mode: u32, data: &'a [u8]) -> TarEntry<'a> {
 fn octal(field: &mut [u8], v: u64) {
     let width = field.len() - 1;
     let s = format!("{v:0width$o}");
-    assert!(s.len() <= width, "value {v} too large for a {width}-digit field");
+    assert!(
+        s.len() <= width,
+        "value {v} too large for a {width}-digit field"
+    );
     field[..width].copy_from_slice(s.as_bytes());
     field[width] = 0;
 }
@@ -337,7 +344,11 @@ fn hostile(site: &Site, bytes: &[u8], kind: BundleType, o: &UnpackOptions, entry
         fs::symlink_metadata(site.target()).is_err(),
         "target left behind after: {msg}"
     );
-    assert_eq!(site.snapshot(), before, "something changed next to the target: {msg}");
+    assert_eq!(
+        site.snapshot(),
+        before,
+        "something changed next to the target: {msg}"
+    );
     msg
 }
 
@@ -360,7 +371,13 @@ fn zip_slip_is_refused() {
         ze(b"ok.txt", b"fine", F644),
         ze(b"../sentinel/evil.txt", b"evil", F644),
     ]);
-    let msg = hostile(&site, &zip, BundleType::Zip, &opts(), r#""../sentinel/evil.txt""#);
+    let msg = hostile(
+        &site,
+        &zip,
+        BundleType::Zip,
+        &opts(),
+        r#""../sentinel/evil.txt""#,
+    );
     assert!(msg.contains(".."), "{msg}");
 }
 
@@ -368,7 +385,13 @@ fn zip_slip_is_refused() {
 fn zip_slip_with_backslashes_from_dos_is_refused() {
     let site = Site::new();
     let zip = zip_bytes(&[ze(b"..\\sentinel\\evil.txt", b"evil", None)]);
-    hostile(&site, &zip, BundleType::Zip, &opts(), r#""..\\sentinel\\evil.txt""#);
+    hostile(
+        &site,
+        &zip,
+        BundleType::Zip,
+        &opts(),
+        r#""..\\sentinel\\evil.txt""#,
+    );
 }
 
 #[test]
@@ -379,7 +402,11 @@ fn tar_slip_is_refused_for_tar_and_tgz() {
             te(b"ok.txt", REG, 0o644, b"fine"),
             te(b"../sentinel/evil.txt", REG, 0o644, b"evil"),
         ]);
-        let bytes = if kind == BundleType::Tgz { gzip(&tar) } else { tar };
+        let bytes = if kind == BundleType::Tgz {
+            gzip(&tar)
+        } else {
+            tar
+        };
         hostile(&site, &bytes, kind, &opts(), r#""../sentinel/evil.txt""#);
     }
 }
@@ -424,10 +451,7 @@ fn writing_through_a_planted_symlink_is_refused() {
     ]);
     hostile(&site, &tar, BundleType::Tar, &opts(), r#""in/x.txt""#);
 
-    let zip = zip_bytes(&[
-        ze(b"link", link, L777),
-        ze(b"link/evil.txt", b"evil", F644),
-    ]);
+    let zip = zip_bytes(&[ze(b"link", link, L777), ze(b"link/evil.txt", b"evil", F644)]);
     hostile(&site, &zip, BundleType::Zip, &opts(), r#""link/evil.txt""#);
 }
 
@@ -487,7 +511,13 @@ fn hard_links_outside_or_to_nothing_are_refused() {
 
     let mut up = te(b"up", HARD, 0o644, b"");
     up.link = b"../sentinel/keep.txt";
-    hostile(&site, &tar_bytes(&[up]), BundleType::Tar, &opts(), r#""up""#);
+    hostile(
+        &site,
+        &tar_bytes(&[up]),
+        BundleType::Tar,
+        &opts(),
+        r#""up""#,
+    );
 
     let mut later = te(b"early", HARD, 0o644, b"");
     later.link = b"late.txt";
@@ -557,9 +587,21 @@ fn ten_gib_declared_on_a_small_disk_is_refused_before_writing() {
         ..opts()
     };
     let site = Site::new();
-    let msg = hostile(&site, &ten_gib_tar(), BundleType::Tar, &small, "10737418245 bytes");
+    let msg = hostile(
+        &site,
+        &ten_gib_tar(),
+        BundleType::Tar,
+        &small,
+        "10737418245 bytes",
+    );
     assert!(msg.contains("1048576"), "{msg}");
-    let msg = hostile(&site, &gzip(&ten_gib_tar()), BundleType::Tgz, &small, r#""huge.bin""#);
+    let msg = hostile(
+        &site,
+        &gzip(&ten_gib_tar()),
+        BundleType::Tgz,
+        &small,
+        r#""huge.bin""#,
+    );
     assert!(msg.contains("free"), "{msg}");
     let msg = hostile(&site, &ten_gib_zip(), BundleType::Zip, &small, "free");
     assert!(msg.contains(&(3 * 0xF000_0000u64).to_string()), "{msg}");
@@ -604,7 +646,12 @@ fn bombs_are_refused_on_a_real_16_mib_tmpfs() {
     let honest_tgz = gzip(&tar_bytes(&[te(b"twenty.bin", REG, 0o644, &zeros)]));
     let cases: Vec<(&str, Vec<u8>, BundleType, &str)> = vec![
         ("tar", ten_gib_tar(), BundleType::Tar, "free"),
-        ("tgz", gzip(&ten_gib_tar()), BundleType::Tgz, r#""huge.bin""#),
+        (
+            "tgz",
+            gzip(&ten_gib_tar()),
+            BundleType::Tgz,
+            r#""huge.bin""#,
+        ),
         ("zip", ten_gib_zip(), BundleType::Zip, "free"),
         ("tgz20", honest_tgz, BundleType::Tgz, r#""twenty.bin""#),
     ];
@@ -627,7 +674,13 @@ fn a_zip_entry_inflating_past_its_declared_size_is_refused() {
     let zeros = vec![0u8; 1 << 20];
     let mut liar = ze(b"liar.bin", &zeros, F644);
     liar.declared = Some(1000);
-    let msg = hostile(&site, &zip_bytes(&[liar]), BundleType::Zip, &opts(), r#""liar.bin""#);
+    let msg = hostile(
+        &site,
+        &zip_bytes(&[liar]),
+        BundleType::Zip,
+        &opts(),
+        r#""liar.bin""#,
+    );
     assert!(msg.contains("1000 bytes"), "{msg}");
 }
 
@@ -638,7 +691,10 @@ fn a_truncated_gzip_is_refused() {
     let tgz = gzip(&tar_bytes(&[te(b"data.bin", REG, 0o644, &data)]));
     let cut = &tgz[..tgz.len() / 2];
     let msg = hostile(&site, cut, BundleType::Tgz, &opts(), r#""data.bin""#);
-    assert!(msg.contains("corrupt") || msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("corrupt") || msg.contains("truncated"),
+        "{msg}"
+    );
     // Cut inside the gzip trailer: data complete, CRC and length missing.
     let site = Site::new();
     let bundle = site.bundle(&tgz[..tgz.len() - 4]);
@@ -649,7 +705,10 @@ fn a_truncated_gzip_is_refused() {
 #[test]
 fn a_bad_tar_checksum_is_refused() {
     let site = Site::new();
-    let mut tar = tar_bytes(&[te(b"a.txt", REG, 0o644, b"a"), te(b"b.txt", REG, 0o644, b"b")]);
+    let mut tar = tar_bytes(&[
+        te(b"a.txt", REG, 0o644, b"a"),
+        te(b"b.txt", REG, 0o644, b"b"),
+    ]);
     tar[1024 + 1] ^= 0x20; // second header's name, checksum not updated
     let bundle = site.bundle(&tar);
     let before = site.snapshot();
@@ -665,7 +724,13 @@ fn a_bad_zip_crc_is_refused() {
     let site = Site::new();
     let mut e = ze(b"a.txt", b"hello world", F644);
     e.crc = Some(0xdead_beef);
-    hostile(&site, &zip_bytes(&[e]), BundleType::Zip, &opts(), r#""a.txt""#);
+    hostile(
+        &site,
+        &zip_bytes(&[e]),
+        BundleType::Zip,
+        &opts(),
+        r#""a.txt""#,
+    );
 }
 
 #[test]
@@ -729,11 +794,18 @@ fn the_entry_cap_is_enforced() {
         .collect();
     let bundle = site.bundle(&tar_bytes(&entries));
     let err = unpack(&bundle, BundleType::Tar, &site.target(), &capped).unwrap_err();
-    assert!(matches!(err, UnpackError::TooManyEntries { limit: 2, .. }), "{err}");
+    assert!(
+        matches!(err, UnpackError::TooManyEntries { limit: 2, .. }),
+        "{err}"
+    );
     let bundle = site.bundle(&gzip(&tar_bytes(&entries)));
     let err = unpack(&bundle, BundleType::Tgz, &site.target(), &capped).unwrap_err();
     assert!(matches!(err, UnpackError::TooManyEntries { .. }), "{err}");
-    let zip = zip_bytes(&[ze(b"a", b"", F644), ze(b"b", b"", F644), ze(b"c", b"", F644)]);
+    let zip = zip_bytes(&[
+        ze(b"a", b"", F644),
+        ze(b"b", b"", F644),
+        ze(b"c", b"", F644),
+    ]);
     let bundle = site.bundle(&zip);
     let err = unpack(&bundle, BundleType::Zip, &site.target(), &capped).unwrap_err();
     assert!(matches!(err, UnpackError::TooManyEntries { .. }), "{err}");
@@ -761,7 +833,10 @@ fn a_huge_gnu_long_name_is_not_buffered() {
 const NON_UTF8: &[u8] = b"caf\xe9/\xff\xfe-bin";
 
 fn check_tree(target: &Path, summary: &UnpackSummary) {
-    assert_eq!(fs::read(target.join("app/bin/run.sh")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(
+        fs::read(target.join("app/bin/run.sh")).unwrap(),
+        b"#!/bin/sh\n"
+    );
     assert_eq!(mode_of(&target.join("app/bin/run.sh")), 0o755);
     assert_eq!(mode_of(&target.join("app/conf/secret.conf")), 0o600);
     assert_eq!(mode_of(&target.join("app/conf")), 0o750);
@@ -868,7 +943,11 @@ fn good_hard_links_share_the_file() {
 fn long_names_round_trip() {
     let site = Site::new();
     let long: Vec<u8> = [&b"d/"[..], &[b'n'; 150], b".txt"].concat();
-    ok(&site, &tar_bytes(&[te(&long, REG, 0o644, b"long")]), BundleType::Tar);
+    ok(
+        &site,
+        &tar_bytes(&[te(&long, REG, 0o644, b"long")]),
+        BundleType::Tar,
+    );
     let p = site.target().join(std::ffi::OsStr::from_bytes(&long));
     assert_eq!(fs::read(p).unwrap(), b"long");
 }
@@ -924,7 +1003,11 @@ fn tar_owners_follow_gnu_same_owner_when_root() {
     sym.uid = 777;
     sym.gid = 778;
     let site = Site::new();
-    ok(&site, &tar_bytes(&[by_id, by_name, dir, sym]), BundleType::Tar);
+    ok(
+        &site,
+        &tar_bytes(&[by_id, by_name, dir, sym]),
+        BundleType::Tar,
+    );
     let t = site.target();
     let own = |p: &str| {
         let m = fs::symlink_metadata(t.join(p)).unwrap();
@@ -945,7 +1028,11 @@ fn tar_owners_follow_gnu_same_owner_when_root() {
 fn an_existing_empty_target_is_used() {
     let site = Site::new();
     fs::create_dir(site.target()).unwrap();
-    let summary = ok(&site, &tar_bytes(&[te(b"a", REG, 0o644, b"a")]), BundleType::Tar);
+    let summary = ok(
+        &site,
+        &tar_bytes(&[te(b"a", REG, 0o644, b"a")]),
+        BundleType::Tar,
+    );
     assert_eq!(summary.files, 1);
 }
 
@@ -995,7 +1082,10 @@ fn a_top_directory_next_to_a_readme_is_not_stripped() {
 #[test]
 fn a_single_top_directory_without_an_appspec_is_not_stripped() {
     let site = Site::new();
-    let tar = tar_bytes(&[te(b"only/", DIR, 0o755, b""), te(b"only/x", REG, 0o644, b"x")]);
+    let tar = tar_bytes(&[
+        te(b"only/", DIR, 0o755, b""),
+        te(b"only/x", REG, 0o644, b"x"),
+    ]);
     let summary = ok(&site, &tar, BundleType::Tar);
     assert!(!summary.stripped_top_level);
     assert!(site.target().join("only/x").exists());
@@ -1008,7 +1098,11 @@ fn a_single_top_symlink_is_not_stripped() {
     sym.link = b"/etc";
     let summary = ok(&site, &tar_bytes(&[sym]), BundleType::Tar);
     assert!(!summary.stripped_top_level);
-    assert!(fs::symlink_metadata(site.target().join("top")).unwrap().is_symlink());
+    assert!(
+        fs::symlink_metadata(site.target().join("top"))
+            .unwrap()
+            .is_symlink()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1031,8 +1125,16 @@ fn detect_reads_content_not_extensions() {
     let cases = [
         ("bundle.zip", tar.clone(), Some(BundleType::Tar)),
         ("bundle.tar", gzip(&tar), Some(BundleType::Tgz)),
-        ("bundle.tgz", zip_bytes(&[ze(b"a", b"a", F644)]), Some(BundleType::Zip)),
-        ("empty.tar", ZipBuilder::default().finish(), Some(BundleType::Zip)),
+        (
+            "bundle.tgz",
+            zip_bytes(&[ze(b"a", b"a", F644)]),
+            Some(BundleType::Zip),
+        ),
+        (
+            "empty.tar",
+            ZipBuilder::default().finish(),
+            Some(BundleType::Zip),
+        ),
         ("v7", v7, Some(BundleType::Tar)),
         ("text.zip", b"hello, not an archive".to_vec(), None),
         ("zeros", vec![0u8; 1024], None),
@@ -1081,7 +1183,12 @@ fn fifty_mib_of_zeros_streams_through_tgz_and_zip() {
     }
     let body = enc.finish().unwrap();
     let mut b = ZipBuilder::default();
-    b.add_raw(&ze(b"zeros.bin", b"", F644), &body, crc.sum(), FIFTY_MIB as u64);
+    b.add_raw(
+        &ze(b"zeros.bin", b"", F644),
+        &body,
+        crc.sum(),
+        FIFTY_MIB as u64,
+    );
     let summary = ok(&site, &b.finish(), BundleType::Zip);
     assert_eq!(summary.bytes, FIFTY_MIB as u64);
 }

@@ -213,7 +213,10 @@ pub enum Rejection {
     #[error("its directory {0} vanished during extraction")]
     Missing(EntryName),
     #[error("its hard-link target {target} {why}")]
-    HardLink { target: EntryName, why: &'static str },
+    HardLink {
+        target: EntryName,
+        why: &'static str,
+    },
     #[error("it is a {0}; bundles may only hold files, directories and symlinks")]
     Special(&'static str),
     #[error("it is a symlink and reject_symlinks_in_bundle is set")]
@@ -362,7 +365,7 @@ fn unpack_into(
                 target: target.to_owned(),
                 source: e.into(),
             })?;
-            u64::from(st.blocks_available()).saturating_mul(st.fragment_size())
+            st.blocks_available().saturating_mul(st.fragment_size())
         }
     };
     let mut cx = Cx {
@@ -388,7 +391,8 @@ fn unpack_into(
         fs, mut summary, ..
     } = cx;
     summary.dirs = fs.created_dirs;
-    fs.finish().map_err(|(path, e)| map_fs(archive, target, &path.to_bytes(), e))?;
+    fs.finish()
+        .map_err(|(path, e)| map_fs(archive, target, &path.to_bytes(), e))?;
     summary.stripped_top_level = strip_top_level(target)?;
     Ok(summary)
 }
@@ -449,7 +453,12 @@ fn strip_top_level(target: &Path) -> Result<bool, UnpackError> {
     let mut has_appspec = false;
     for entry in std::fs::read_dir(&inner).map_err(err)? {
         let name = entry.map_err(err)?.file_name();
-        if name.as_bytes().to_ascii_lowercase().windows(7).any(|w| w == b"appspec") {
+        if name
+            .as_bytes()
+            .to_ascii_lowercase()
+            .windows(7)
+            .any(|w| w == b"appspec")
+        {
             has_appspec = true;
             break;
         }
@@ -485,7 +494,10 @@ fn strip_top_level(target: &Path) -> Result<bool, UnpackError> {
 /// What a format reader hands over for one entry.
 pub(crate) enum Item<'r> {
     Dir,
-    File { data: &'r mut dyn Read, size: u64 },
+    File {
+        data: &'r mut dyn Read,
+        size: u64,
+    },
     Symlink(Vec<u8>),
     /// Hard link; the raw target name, relative to the bundle root.
     HardLink(Vec<u8>),

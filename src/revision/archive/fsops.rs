@@ -92,11 +92,12 @@ impl Extractor {
     fn walk(&mut self, comps: &[Vec<u8>], create: bool) -> Result<Option<OwnedFd>, FsError> {
         let mut start = 0;
         let mut cur: Option<OwnedFd> = None;
-        if let Some((cached, fd)) = self.cache.take() {
-            if comps.starts_with(&cached) && !cached.is_empty() {
-                start = cached.len();
-                cur = Some(fd);
-            }
+        if let Some((cached, fd)) = self.cache.take()
+            && comps.starts_with(&cached)
+            && !cached.is_empty()
+        {
+            start = cached.len();
+            cur = Some(fd);
         }
         for i in start..comps.len() {
             let dir = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
@@ -106,12 +107,10 @@ impl Extractor {
                     match mkdirat(dir, comps[i].as_slice(), Mode::from_bits_truncate(0o755)) {
                         Ok(()) => {
                             self.created_dirs += 1;
-                            self.deferred
-                                .entry(comps[..=i].to_vec())
-                                .or_insert(Meta {
-                                    mode: 0o755,
-                                    ..Meta::default()
-                                });
+                            self.deferred.entry(comps[..=i].to_vec()).or_insert(Meta {
+                                mode: 0o755,
+                                ..Meta::default()
+                            });
                         }
                         Err(Errno::EEXIST) => {}
                         Err(e) => return Err(io(e)),
@@ -149,6 +148,8 @@ impl Extractor {
     /// Creates a directory entry (or accepts an existing directory) and records its metadata.
     pub(super) fn dir(&mut self, path: &RelPath, meta: Meta) -> Result<(), FsError> {
         let Some((name, parent)) = path.split_last() else {
+            // `./`: like GNU tar, its mode, owner and time go to the target itself.
+            self.deferred.insert(Vec::new(), meta);
             return Ok(());
         };
         let pfd = self.parent(parent)?;
@@ -235,7 +236,14 @@ impl Extractor {
             }
         }
         if let Some((uid, gid)) = meta.owner {
-            fchownat(pfd, name, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(io)?;
+            fchownat(
+                pfd,
+                name,
+                Some(uid),
+                Some(gid),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(io)?;
         }
         if let Some(mtime) = meta.mtime {
             utimensat(
@@ -308,7 +316,10 @@ impl Extractor {
         for (comps, meta) in dirs {
             let fd = match self.walk(&comps, false) {
                 Ok(Some(fd)) => fd,
-                Ok(None) => continue,
+                Ok(None) => match self.root.try_clone() {
+                    Ok(fd) => fd,
+                    Err(e) => return Err((RelPath::from_components(comps), FsError::Io(e))),
+                },
                 Err(e) => return Err((RelPath::from_components(comps), e)),
             };
             self.cache = None;

@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn plain_and_dotted_names() {
-        assert_eq!(ok(b"a/b/c"), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            ok(b"a/b/c"),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
         assert_eq!(ok(b"./a//b/"), vec![b"a".to_vec(), b"b".to_vec()]);
         assert!(ok(b"./").is_empty());
         assert_eq!(ok(b"a\\b"), vec![b"a\\b".to_vec()]);
@@ -109,12 +112,30 @@ mod tests {
     #[test]
     fn hostile_names() {
         assert!(matches!(normalize(b"", false), Err(Rejection::EmptyName)));
-        assert!(matches!(normalize(b"a\0b", false), Err(Rejection::NulInName)));
-        assert!(matches!(normalize(b"/etc/passwd", false), Err(Rejection::AbsolutePath)));
-        assert!(matches!(normalize(b"a/../b", false), Err(Rejection::ParentComponent)));
-        assert!(matches!(normalize(b"..", false), Err(Rejection::ParentComponent)));
-        assert!(matches!(normalize(b"a\\..\\b", true), Err(Rejection::ParentComponent)));
-        assert!(matches!(normalize(b"\\x", true), Err(Rejection::AbsolutePath)));
+        assert!(matches!(
+            normalize(b"a\0b", false),
+            Err(Rejection::NulInName)
+        ));
+        assert!(matches!(
+            normalize(b"/etc/passwd", false),
+            Err(Rejection::AbsolutePath)
+        ));
+        assert!(matches!(
+            normalize(b"a/../b", false),
+            Err(Rejection::ParentComponent)
+        ));
+        assert!(matches!(
+            normalize(b"..", false),
+            Err(Rejection::ParentComponent)
+        ));
+        assert!(matches!(
+            normalize(b"a\\..\\b", true),
+            Err(Rejection::ParentComponent)
+        ));
+        assert!(matches!(
+            normalize(b"\\x", true),
+            Err(Rejection::AbsolutePath)
+        ));
         let deep = b"a/".repeat(MAX_DEPTH + 1);
         assert!(matches!(normalize(&deep, false), Err(Rejection::TooDeep)));
         let long = vec![b'x'; NAME_MAX + 1];

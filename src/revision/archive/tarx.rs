@@ -113,7 +113,11 @@ fn prescan(cx: &mut Cx<'_>, file: File) -> Result<(), UnpackError> {
             total = total.saturating_add(entry.size());
         }
     }
-    tracing::debug!(entries = count, declared_bytes = total, "tar headers scanned");
+    tracing::debug!(
+        entries = count,
+        declared_bytes = total,
+        "tar headers scanned"
+    );
     cx.check_total(total)
 }
 
@@ -173,15 +177,15 @@ fn extract<R: Read>(cx: &mut Cx<'_>, reader: R) -> Result<R, UnpackError> {
             (None, None) => entry.link_name_bytes().map(|l| l.into_owned()),
         };
         let size = entry.size();
-        if let Some(pax_size) = get(b"size") {
-            if parse_decimal(pax_size) != Some(i128::from(size)) {
-                return Err(cx.reject(
-                    &raw,
-                    Rejection::Unsupported(
-                        "its size is given only in a pax header, which is not supported; re-create the bundle with GNU tar",
-                    ),
-                ));
-            }
+        if let Some(pax_size) = get(b"size")
+            && parse_decimal(pax_size) != Some(i128::from(size))
+        {
+            return Err(cx.reject(
+                &raw,
+                Rejection::Unsupported(
+                    "its size is given only in a pax header, which is not supported; re-create the bundle with GNU tar",
+                ),
+            ));
         }
         let header = entry.header();
         let mode = header.mode().map_err(|e| cx.corrupt(e))?;
@@ -249,7 +253,6 @@ fn extract<R: Read>(cx: &mut Cx<'_>, reader: R) -> Result<R, UnpackError> {
         };
         cx.add(&raw, path, item, meta, Replace::NonDirectory)?;
     }
-    drop(entries);
     if long_name.is_some() || long_link.is_some() || pax.is_some() {
         return Err(cx.corrupt(io::Error::new(
             io::ErrorKind::UnexpectedEof,

@@ -98,7 +98,11 @@ pub(super) fn unpack(cx: &mut Cx<'_>) -> Result<(), UnpackError> {
     }
     drop(seen);
     cx.check_total(total)?;
-    tracing::debug!(entries = zip.len(), declared_bytes = total, "zip central directory checked");
+    tracing::debug!(
+        entries = zip.len(),
+        declared_bytes = total,
+        "zip central directory checked"
+    );
 
     for i in 0..zip.len() {
         cx.count_entry()?;
@@ -107,7 +111,9 @@ pub(super) fn unpack(cx: &mut Cx<'_>) -> Result<(), UnpackError> {
             .map_err(|e| cx.corrupt(zip_io(e)))?
             .name_raw()
             .to_vec();
-        let mut entry = zip.by_index(i).map_err(|e| cx.entry_data(&raw, zip_io(e)))?;
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| cx.entry_data(&raw, zip_io(e)))?;
         let f = facts(&raw, entry.system(), entry.external_attributes())
             .map_err(|r| cx.reject(&raw, r))?;
         let size = entry.size();
@@ -125,13 +131,13 @@ pub(super) fn unpack(cx: &mut Cx<'_>) -> Result<(), UnpackError> {
         let result = match f.kind {
             Kind::Dir => cx.add(&raw, f.path, Item::Dir, meta, Replace::Never),
             Kind::File => cx.add(
-                    &raw,
-                    f.path,
-                    Item::File {
-                        data: &mut entry,
-                        size,
-                    },
-                    meta,
+                &raw,
+                f.path,
+                Item::File {
+                    data: &mut entry,
+                    size,
+                },
+                meta,
                 Replace::Never,
             ),
             Kind::Symlink => {
@@ -193,10 +199,10 @@ fn zip_io(e: zip::result::ZipError) -> io::Error {
 /// as `unzip` does.
 fn mtime_of<R: Read>(entry: &zip::read::ZipFile<'_, R>) -> Option<i64> {
     for field in entry.extra_data_fields() {
-        if let ExtraField::ExtendedTimestamp(ts) = field {
-            if let Some(t) = ts.mod_time() {
-                return Some(i64::from(t));
-            }
+        if let ExtraField::ExtendedTimestamp(ts) = field
+            && let Some(t) = ts.mod_time()
+        {
+            return Some(i64::from(t));
         }
     }
     let dt = entry.last_modified()?;
