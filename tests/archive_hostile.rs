@@ -336,6 +336,7 @@ fn hostile(site: &Site, bytes: &[u8], kind: BundleType, o: &UnpackOptions, entry
     let before = site.snapshot();
     let err = unpack(&bundle, kind, &site.target(), o).expect_err("hostile bundle was accepted");
     let msg = err.to_string();
+    eprintln!("refused as expected: {msg}");
     assert!(
         msg.contains(entry),
         "error does not name entry {entry}: {msg}"
@@ -1191,4 +1192,65 @@ fn fifty_mib_of_zeros_streams_through_tgz_and_zip() {
     );
     let summary = ok(&site, &b.finish(), BundleType::Zip);
     assert_eq!(summary.bytes, FIFTY_MIB as u64);
+}
+
+#[test]
+fn a_gzipped_bundle_declared_as_tar_unpacks_like_gnu_tar() {
+    let site = Site::new();
+    let tgz = gzip(&tar_bytes(&[te(b"a.txt", REG, 0o644, b"a")]));
+    let summary = ok(&site, &tgz, BundleType::Tar);
+    assert_eq!(summary.files, 1);
+    assert_eq!(fs::read(site.target().join("a.txt")).unwrap(), b"a");
+}
+
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body_len = 1 + key.len() + 1 + value.len() + 1;
+    let mut len = body_len + 1;
+    while len.to_string().len() + body_len != len {
+        len += 1;
+    }
+    [
+        len.to_string().as_bytes(),
+        b" ",
+        key.as_bytes(),
+        b"=",
+        value,
+        b"\n",
+    ]
+    .concat()
+}
+
+#[test]
+fn pax_headers_set_path_mtime_and_are_checked() {
+    let site = Site::new();
+    let name: Vec<u8> = [&b"pax/"[..], &[b'p'; 120], b"\xff.txt"].concat();
+    let pax = [
+        pax_record("path", &name),
+        pax_record("mtime", b"1234567890.5"),
+    ]
+    .concat();
+    let tar = tar_bytes(&[
+        te(b"PaxHeaders/x", b'x', 0o644, &pax),
+        te(b"short-name", REG, 0o644, b"pax"),
+    ]);
+    ok(&site, &tar, BundleType::Tar);
+    let p = site.target().join(std::ffi::OsStr::from_bytes(&name));
+    assert_eq!(fs::read(&p).unwrap(), b"pax");
+    assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_234_567_890);
+    assert!(!site.target().join("short-name").exists());
+
+    // A pax path is checked like any other name.
+    let site = Site::new();
+    let pax = pax_record("path", b"../sentinel/pax-evil");
+    let tar = tar_bytes(&[
+        te(b"PaxHeaders/x", b'x', 0o644, &pax),
+        te(b"innocent", REG, 0o644, b"evil"),
+    ]);
+    hostile(
+        &site,
+        &tar,
+        BundleType::Tar,
+        &opts(),
+        r#""../sentinel/pax-evil""#,
+    );
 }

@@ -434,3 +434,115 @@ fn apply_meta_fd(fd: BorrowedFd<'_>, meta: Meta) -> Result<(), FsError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    use super::*;
+    use crate::revision::archive::names::normalize;
+
+    fn extractor(dir: &Path) -> Extractor {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        Extractor::new(nix::fcntl::open(dir, flags, Mode::empty()).unwrap())
+    }
+
+    fn p(s: &str) -> RelPath {
+        normalize(s.as_bytes(), false).unwrap()
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            mode: 0o644,
+            ..Meta::default()
+        }
+    }
+
+    fn layout() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        (tmp, root, outside)
+    }
+
+    fn is_empty(dir: &Path) -> bool {
+        std::fs::read_dir(dir).unwrap().next().is_none()
+    }
+
+    #[test]
+    fn a_symlink_that_appears_on_disk_is_not_written_through() {
+        let (_tmp, root, outside) = layout();
+        let mut x = extractor(&root);
+        symlink(&outside, root.join("a")).unwrap();
+        let err = x
+            .file(
+                &p("a/x"),
+                meta(),
+                &mut &b"evil"[..],
+                4,
+                Replace::NonDirectory,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, FsError::Reject(Rejection::ThroughSymlink(_))),
+            "{err:?}"
+        );
+        let err = x.dir(&p("a/d"), meta()).unwrap_err();
+        assert!(
+            matches!(err, FsError::Reject(Rejection::ThroughSymlink(_))),
+            "{err:?}"
+        );
+        assert!(is_empty(&outside));
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_way_is_not_followed() {
+        let (_tmp, root, outside) = layout();
+        let mut x = extractor(&root);
+        x.file(&p("a/x"), meta(), &mut &b"1"[..], 1, Replace::NonDirectory)
+            .unwrap();
+        std::fs::rename(root.join("a"), root.join("a-old")).unwrap();
+        symlink(&outside, root.join("a")).unwrap();
+        // The cached descriptor is the real directory, now `a-old`, still inside the root.
+        x.file(&p("a/y"), meta(), &mut &b"2"[..], 1, Replace::NonDirectory)
+            .unwrap();
+        assert!(root.join("a-old/y").exists());
+        // A fresh walk meets the symlink and refuses it.
+        x.cache = None;
+        let err = x
+            .file(&p("a/z"), meta(), &mut &b"3"[..], 1, Replace::NonDirectory)
+            .unwrap_err();
+        assert!(
+            matches!(err, FsError::Reject(Rejection::ThroughSymlink(_))),
+            "{err:?}"
+        );
+        assert!(is_empty(&outside));
+    }
+
+    #[test]
+    fn data_longer_or_shorter_than_declared_is_refused() {
+        let (_tmp, root, _outside) = layout();
+        let mut x = extractor(&root);
+        let err = x
+            .file(&p("long"), meta(), &mut &b"12345"[..], 3, Replace::Never)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FsError::Reject(Rejection::LargerThanDeclared { declared: 3 })
+        ));
+        assert_eq!(std::fs::metadata(root.join("long")).unwrap().len(), 3);
+        let err = x
+            .file(&p("short"), meta(), &mut &b"12"[..], 3, Replace::Never)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            FsError::Reject(Rejection::Truncated {
+                declared: 3,
+                got: 2
+            })
+        ));
+    }
+}

@@ -64,6 +64,9 @@ pub(super) fn unpack(cx: &mut Cx<'_>, gzip: bool) -> Result<(), UnpackError> {
             source,
         })
     };
+    // GNU tar, which the AWS agent runs for `tar` bundles, reads gzip data without `-z`, so a
+    // gzipped bundle declared as `tar` works there; it does here too.
+    let gzip = gzip || starts_with_gzip_magic(&mut open()?).map_err(|e| cx.corrupt(e))?;
     if !gzip {
         prescan(cx, open()?)?;
     }
@@ -89,6 +92,15 @@ fn drain_gzip<R: Read>(cx: &Cx<'_>, rest: R) -> Result<(), UnpackError> {
         )));
     }
     Ok(())
+}
+
+fn starts_with_gzip_magic(file: &mut File) -> io::Result<bool> {
+    let mut magic = [0u8; 2];
+    match file.read_exact(&mut magic) {
+        Ok(()) => Ok(magic == [0x1f, 0x8b]),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Sums the declared sizes of a plain tar's regular files by seeking from header to header.

@@ -91,7 +91,7 @@ pub(super) fn unpack(cx: &mut Cx<'_>) -> Result<(), UnpackError> {
         if let Kind::Special(what) = f.kind {
             return Err(cx.reject(name, Rejection::Special(what)));
         }
-        if !seen.insert(f.path) {
+        if !seen.insert(f.path.to_bytes()) {
             return Err(cx.reject(name, Rejection::Duplicate));
         }
         total = total.saturating_add(entry.size());
