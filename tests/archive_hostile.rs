@@ -665,6 +665,23 @@ fn bombs_are_refused_on_a_real_16_mib_tmpfs() {
         assert!(err.to_string().contains(needle), "{name}: {err}");
         assert!(!target.exists(), "{name}: target left behind");
     }
+
+    // Declared sizes that lie about fitting (override says plenty is free): the real disk
+    // fills up mid-entry, which is reported as such and cleaned up.
+    let bundle = bundle_dir.path().join("tgz20");
+    let target = base.join("full-archive");
+    let roomy = UnpackOptions {
+        available_bytes: Some(u64::MAX),
+        ..opts()
+    };
+    let err = unpack(&bundle, BundleType::Tgz, &target, &roomy).unwrap_err();
+    assert!(matches!(err, UnpackError::DiskFull { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("The disk is (or was) full during extraction."),
+        "{err}"
+    );
+    assert!(!target.exists());
     assert!(fs::read_dir(base).unwrap().next().is_none());
     drop(fs16);
 }

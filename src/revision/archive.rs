@@ -287,6 +287,18 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// The file system filled up mid-way (the declared sizes fit, the blocks did not). The
+    /// first sentence is the AWS agent's own message for this case.
+    #[error(
+        "The disk is (or was) full during extraction. Entry {entry} did not fit under {}: {source}; free some space and retry",
+        target.display()
+    )]
+    DiskFull {
+        target: PathBuf,
+        entry: EntryName,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot write entry {entry} under {}: {source}", target.display())]
     Write {
         target: PathBuf,
@@ -697,6 +709,15 @@ fn map_fs(archive: &Path, target: &Path, raw: &[u8], e: FsError) -> UnpackError 
             entry: raw.into(),
             source,
         },
+        FsError::Io(source)
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+        {
+            UnpackError::DiskFull {
+                target: target.to_owned(),
+                entry: raw.into(),
+                source,
+            }
+        }
         FsError::Io(source) => UnpackError::Write {
             target: target.to_owned(),
             entry: raw.into(),
