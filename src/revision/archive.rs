@@ -504,7 +504,7 @@ fn strip_top_level(target: &Path) -> Result<bool, UnpackError> {
 }
 
 /// What a format reader hands over for one entry.
-pub(crate) enum Item<'r> {
+enum Item<'r> {
     Dir,
     File {
         data: &'r mut dyn Read,
@@ -516,7 +516,7 @@ pub(crate) enum Item<'r> {
 }
 
 /// Owner as a tar header carries it.
-pub(crate) struct TarOwner<'a> {
+struct TarOwner<'a> {
     pub uname: Option<&'a [u8]>,
     pub gname: Option<&'a [u8]>,
     pub uid: u64,
@@ -524,7 +524,7 @@ pub(crate) struct TarOwner<'a> {
 }
 
 /// State shared by the format readers during one unpack.
-pub(crate) struct Cx<'a> {
+struct Cx<'a> {
     archive: &'a Path,
     kind: BundleType,
     target: &'a Path,
