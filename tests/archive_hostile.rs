@@ -1073,9 +1073,13 @@ fn a_single_top_directory_with_an_appspec_is_stripped() {
     assert!(!t.join("myapp").exists());
     assert!(!site.root.join("deployment-archive-temp").exists());
 
-    // GitHub-style tarball, `AppSpec.YML` spelled differently: /appspec/i still matches.
+    // GitHub-style tarball (`git archive` puts a pax global header first), `AppSpec.YML`
+    // spelled differently: /appspec/i still matches.
     let site = Site::new();
+    let global = pax_record("comment", b"0123456789abcdef0123456789abcdef01234567");
     let tar = tar_bytes(&[
+        te(b"pax_global_header", b'g', 0o666, &global),
+        te(b"owner-repo-abc123/", DIR, 0o775, b""),
         te(b"owner-repo-abc123/AppSpec.YML", REG, 0o644, b"v"),
         te(b"owner-repo-abc123/src/main.c", REG, 0o644, b"c"),
     ]);
@@ -1270,4 +1274,116 @@ fn pax_headers_set_path_mtime_and_are_checked() {
         &opts(),
         r#""../sentinel/pax-evil""#,
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interoperability with the tools people build bundles with (skipped where absent).
+
+/// A tree with everything a real bundle has: nested dirs, modes, a symlink, a long name, a
+/// non-UTF-8 name, an empty directory.
+fn real_tree(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let long = "l".repeat(120);
+    fs::create_dir_all(dir.join("app/bin")).unwrap();
+    fs::create_dir_all(dir.join("app/empty")).unwrap();
+    fs::create_dir_all(dir.join(format!("app/{long}"))).unwrap();
+    fs::write(dir.join("appspec.yml"), b"version: 0.0\nos: linux\n").unwrap();
+    fs::write(dir.join("app/bin/start.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::write(dir.join(format!("app/{long}/{long}.txt")), b"long").unwrap();
+    fs::write(
+        dir.join(std::ffi::OsStr::from_bytes(b"app/caf\xe9.txt")),
+        b"latin1",
+    )
+    .unwrap();
+    symlink("bin/start.sh", dir.join("app/start")).unwrap();
+    let set = |p: &str, m: u32| {
+        fs::set_permissions(dir.join(p), fs::Permissions::from_mode(m)).unwrap();
+    };
+    set("app/bin/start.sh", 0o755);
+    set("appspec.yml", 0o640);
+    set("app/empty", 0o750);
+    for p in ["appspec.yml", "app/bin/start.sh"] {
+        let f = fs::File::options().write(true).open(dir.join(p)).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000))
+            .unwrap();
+    }
+}
+
+fn listing(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<Vec<u8>, String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let md = fs::symlink_metadata(&path).unwrap();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let desc = if md.is_symlink() {
+                format!("link {:?}", fs::read_link(&path).unwrap())
+            } else if md.is_dir() {
+                walk(root, &path, out);
+                format!("dir {:o}", md.mode() & 0o7777)
+            } else {
+                format!(
+                    "file {:o} {} {:?}",
+                    md.mode() & 0o7777,
+                    md.mtime(),
+                    fs::read(&path).unwrap()
+                )
+            };
+            out.insert(rel, desc);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn tool(cmd: &mut Command) -> bool {
+    match cmd.status() {
+        Ok(s) if s.success() => true,
+        Ok(s) => panic!("{cmd:?} failed: {s}"),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn bundles_made_by_gnu_tar_and_info_zip_round_trip() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    real_tree(&src);
+    let want = listing(&src);
+    assert_eq!(want.len(), 9, "{want:#?}");
+    let cases: Vec<(&str, BundleType, Vec<&str>)> = vec![
+        ("gnu.tar", BundleType::Tar, vec!["tar", "-cf", "{out}", "."]),
+        (
+            "pax.tgz",
+            BundleType::Tgz,
+            vec!["tar", "--format=pax", "-czf", "{out}", "."],
+        ),
+        (
+            "info.zip",
+            BundleType::Zip,
+            vec!["zip", "-q", "-r", "-y", "{out}", "."],
+        ),
+    ];
+    for (name, kind, argv) in cases {
+        let out = work.path().join(name);
+        let args: Vec<String> = argv[1..]
+            .iter()
+            .map(|a| a.replace("{out}", out.to_str().unwrap()))
+            .collect();
+        if !tool(Command::new(argv[0]).args(&args).current_dir(&src)) {
+            println!("skipped {name}: needs {}", argv[0]);
+            continue;
+        }
+        assert_eq!(detect(&out).unwrap(), Some(kind), "{name}");
+        let target = work.path().join(format!("{name}-archive"));
+        let summary = unpack(&out, kind, &target, &opts()).unwrap();
+        assert!(!summary.stripped_top_level, "{name}");
+        assert_eq!(listing(&target), want, "{name}");
+    }
 }
