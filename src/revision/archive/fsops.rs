@@ -66,9 +66,10 @@ pub(super) enum Replace {
 /// Creates entries under one root directory descriptor.
 pub(super) struct Extractor {
     root: OwnedFd,
-    /// The last parent directory used, so consecutive entries in one directory cost one
-    /// `openat` per entry instead of one per path component.
-    cache: Option<(Vec<Vec<u8>>, OwnedFd)>,
+    /// Open descriptors of the last directory walked and its ancestors (`stack[i]` is the
+    /// directory at the first `i + 1` components), so an entry next to the previous one costs
+    /// no extra `openat` and at most `MAX_DEPTH` descriptors are open.
+    stack: Vec<(Vec<u8>, OwnedFd)>,
     /// Directory metadata applied by [`Extractor::finish`]; the last entry for a path wins.
     deferred: HashMap<Vec<Vec<u8>>, Meta>,
     buf: Vec<u8>,
@@ -80,69 +81,62 @@ impl Extractor {
     pub(super) fn new(root: OwnedFd) -> Self {
         Self {
             root,
-            cache: None,
+            stack: Vec::new(),
             deferred: HashMap::new(),
             buf: vec![0; COPY_BUFFER],
             created_dirs: 0,
         }
     }
 
-    /// Opens (creating missing ones as 0755 when `create`) the directory at `comps`.
-    /// Returns `None` for the root itself.
-    fn walk(&mut self, comps: &[Vec<u8>], create: bool) -> Result<Option<OwnedFd>, FsError> {
-        let mut start = 0;
-        let mut cur: Option<OwnedFd> = None;
-        if let Some((cached, fd)) = self.cache.take()
-            && comps.starts_with(&cached)
-            && !cached.is_empty()
-        {
-            start = cached.len();
-            cur = Some(fd);
-        }
-        for i in start..comps.len() {
-            let dir = cur.as_ref().map_or(self.root.as_fd(), |f| f.as_fd());
-            let opened = match open_dir(dir, &comps[i]) {
-                Some(r) => r,
-                None if create => {
-                    match mkdirat(dir, comps[i].as_slice(), Mode::from_bits_truncate(0o755)) {
-                        Ok(()) => {
-                            self.created_dirs += 1;
-                            self.deferred.entry(comps[..=i].to_vec()).or_insert(Meta {
-                                mode: 0o755,
-                                ..Meta::default()
-                            });
+    /// Opens the directory at `comps` (creating missing ones as 0755 when `create`), reusing
+    /// the open descriptors of the longest common prefix with the previous walk.
+    fn walk(&mut self, comps: &[Vec<u8>], create: bool) -> Result<BorrowedFd<'_>, FsError> {
+        let common = self
+            .stack
+            .iter()
+            .zip(comps)
+            .take_while(|((open, _), want)| open == *want)
+            .count();
+        self.stack.truncate(common);
+        for i in common..comps.len() {
+            let fd = {
+                let dir = self
+                    .stack
+                    .last()
+                    .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd());
+                let opened = match open_dir(dir, &comps[i]) {
+                    Some(r) => r,
+                    None if create => {
+                        match mkdirat(dir, comps[i].as_slice(), Mode::from_bits_truncate(0o755)) {
+                            Ok(()) => {
+                                self.created_dirs += 1;
+                                self.deferred.entry(comps[..=i].to_vec()).or_insert(Meta {
+                                    mode: 0o755,
+                                    ..Meta::default()
+                                });
+                            }
+                            Err(Errno::EEXIST) => {}
+                            Err(e) => return Err(io(e)),
                         }
-                        Err(Errno::EEXIST) => {}
-                        Err(e) => return Err(io(e)),
+                        open_dir(dir, &comps[i]).unwrap_or(Err(Errno::ENOENT))
                     }
-                    open_dir(dir, &comps[i]).unwrap_or(Err(Errno::ENOENT))
-                }
-                None => {
-                    return Err(Rejection::Missing(join(&comps[..=i]).into()).into());
-                }
+                    None => {
+                        return Err(Rejection::Missing(join(&comps[..=i]).into()).into());
+                    }
+                };
+                classify_open(opened, &comps[..=i], dir)?
             };
-            let fd = classify_open(opened, &comps[..=i], dir)?;
-            cur = Some(fd);
+            self.stack.push((comps[i].clone(), fd));
         }
-        Ok(cur)
+        Ok(self
+            .stack
+            .last()
+            .map_or(self.root.as_fd(), |(_, fd)| fd.as_fd()))
     }
 
-    /// The parent directory of `path`, created as needed, as a borrowed descriptor.
+    /// The parent directory of an entry, created as needed.
     fn parent(&mut self, parent: &[Vec<u8>]) -> Result<BorrowedFd<'_>, FsError> {
-        if parent.is_empty() {
-            return Ok(self.root.as_fd());
-        }
-        let hit = matches!(&self.cache, Some((c, _)) if c.as_slice() == parent);
-        if !hit {
-            let fd = self.walk(parent, true)?;
-            if let Some(fd) = fd {
-                self.cache = Some((parent.to_vec(), fd));
-            }
-        }
-        match &self.cache {
-            Some((_, fd)) => Ok(fd.as_fd()),
-            None => Ok(self.root.as_fd()),
-        }
+        self.walk(parent, true)
     }
 
     /// Creates a directory entry (or accepts an existing directory) and records its metadata.
@@ -281,8 +275,7 @@ impl Extractor {
             return Err(link_error("is the entry itself"));
         }
         let tdir = match self.walk(tparent, false) {
-            Ok(Some(fd)) => fd,
-            Ok(None) => self.root.try_clone().map_err(FsError::Io)?,
+            Ok(fd) => fd.try_clone_to_owned().map_err(FsError::Io)?,
             Err(FsError::Reject(Rejection::Missing(_))) => {
                 return Err(link_error("has not been extracted before it"));
             }
@@ -310,20 +303,14 @@ impl Extractor {
 
     /// Applies deferred directory modes, owners and times, deepest first.
     pub(super) fn finish(mut self) -> Result<(), (RelPath, FsError)> {
-        self.cache = None;
-        let mut dirs: Vec<(Vec<Vec<u8>>, Meta)> = self.deferred.drain().collect();
+        let mut dirs: Vec<(Vec<Vec<u8>>, Meta)> =
+            std::mem::take(&mut self.deferred).into_iter().collect();
         dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         for (comps, meta) in dirs {
-            let fd = match self.walk(&comps, false) {
-                Ok(Some(fd)) => fd,
-                Ok(None) => match self.root.try_clone() {
-                    Ok(fd) => fd,
-                    Err(e) => return Err((RelPath::from_components(comps), FsError::Io(e))),
-                },
-                Err(e) => return Err((RelPath::from_components(comps), e)),
-            };
-            self.cache = None;
-            if let Err(e) = apply_meta_fd(fd.as_fd(), meta) {
+            let applied = self
+                .walk(&comps, false)
+                .and_then(|fd| apply_meta_fd(fd, meta));
+            if let Err(e) = applied {
                 return Err((RelPath::from_components(comps), e));
             }
         }
@@ -506,12 +493,12 @@ mod tests {
             .unwrap();
         std::fs::rename(root.join("a"), root.join("a-old")).unwrap();
         symlink(&outside, root.join("a")).unwrap();
-        // The cached descriptor is the real directory, now `a-old`, still inside the root.
+        // The open descriptor is the real directory, now `a-old`, still inside the root.
         x.file(&p("a/y"), meta(), &mut &b"2"[..], 1, Replace::NonDirectory)
             .unwrap();
         assert!(root.join("a-old/y").exists());
         // A fresh walk meets the symlink and refuses it.
-        x.cache = None;
+        x.stack.clear();
         let err = x
             .file(&p("a/z"), meta(), &mut &b"3"[..], 1, Replace::NonDirectory)
             .unwrap_err();
