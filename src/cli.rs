@@ -67,11 +67,21 @@ pub struct LocalArgs {
     #[arg(short = 'l', long = "bundle-location", value_name = "VALUE")]
     pub bundle_location: Option<String>,
     /// tgz, tar, zip or directory.
-    #[arg(short = 't', long = "type", value_name = "VALUE", default_value = "directory")]
+    #[arg(
+        short = 't',
+        long = "type",
+        value_name = "VALUE",
+        default_value = "directory"
+    )]
     pub bundle_type: String,
     /// DISALLOW, OVERWRITE or RETAIN, for files that exist but were not installed by the
     /// previous deployment of this group. The appspec's file_exists_behavior wins.
-    #[arg(short = 'b', long = "file-exists-behavior", value_name = "VALUE", default_value = "DISALLOW")]
+    #[arg(
+        short = 'b',
+        long = "file-exists-behavior",
+        value_name = "VALUE",
+        default_value = "DISALLOW"
+    )]
     pub file_exists_behavior: String,
     /// The deployment group id: the directory under the deployment root.
     #[arg(
@@ -82,7 +92,12 @@ pub struct LocalArgs {
     )]
     pub deployment_group: String,
     /// DEPLOYMENT_GROUP_NAME for the hooks.
-    #[arg(short = 'd', long = "deployment-group-name", value_name = "VALUE", default_value = "LocalFleet")]
+    #[arg(
+        short = 'd',
+        long = "deployment-group-name",
+        value_name = "VALUE",
+        default_value = "LocalFleet"
+    )]
     pub deployment_group_name: String,
     /// APPLICATION_NAME for the hooks. Default: the bundle location.
     #[arg(short = 'a', long = "application-name", value_name = "VALUE")]

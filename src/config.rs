@@ -25,7 +25,11 @@ pub enum ConfigError {
     )]
     Parse { path: PathBuf, message: String },
     #[error("{}: {key}: {message}", path.display())]
-    Invalid { path: PathBuf, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
 /// A scalar value from the file, resolved like Ruby's YAML reader does for the types the agent
@@ -79,18 +83,29 @@ fn read_flat_mapping(text: &str) -> Result<BTreeMap<String, RawValue>, String> {
     let mut key: Option<String> = None;
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| {
-            format!("{} at line {} column {}", e.info(), e.marker().line(), e.marker().col() + 1)
+            format!(
+                "{} at line {} column {}",
+                e.info(),
+                e.marker().line(),
+                e.marker().col() + 1
+            )
         })?;
         let at = || format!("line {} column {}", span.start.line(), span.start.col() + 1);
         match event {
-            Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) | Event::DocumentEnd => {}
+            Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart(_)
+            | Event::DocumentEnd => {}
             Event::Nothing => {}
             Event::Alias(_) => return Err(format!("aliases are not supported ({})", at())),
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 depth += 1;
                 if depth == 1 {
                     if !matches!(event, Event::MappingStart(..)) {
-                        return Err(format!("the file must be a mapping of keys to values ({})", at()));
+                        return Err(format!(
+                            "the file must be a mapping of keys to values ({})",
+                            at()
+                        ));
                     }
                 } else if depth == 2 {
                     match key.take() {
@@ -104,7 +119,12 @@ fn read_flat_mapping(text: &str) -> Result<BTreeMap<String, RawValue>, String> {
             Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
             Event::Scalar(value, style, ..) => match depth {
                 0 if value.trim().is_empty() => {}
-                0 => return Err(format!("the file must be a mapping of keys to values ({})", at())),
+                0 => {
+                    return Err(format!(
+                        "the file must be a mapping of keys to values ({})",
+                        at()
+                    ));
+                }
                 1 => match key.take() {
                     None => key = Some(value.trim_start_matches(':').to_owned()),
                     Some(k) => {
@@ -233,8 +253,10 @@ impl Config {
 
     /// Validates configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw = read_flat_mapping(text)
-            .map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?;
+        let raw = read_flat_mapping(text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
         let mut config = Self::system_defaults();
         config.path = Some(path.to_path_buf());
         // Keys absent from the file take the AWS agent's code defaults, which differ from the
@@ -256,13 +278,19 @@ impl Config {
                 match value {
                     RawValue::Bool(b) => Ok(*b),
                     RawValue::Null => Ok(false),
-                    other => Err(invalid(key, format!("expected true or false, found {other}"))),
+                    other => Err(invalid(
+                        key,
+                        format!("expected true or false, found {other}"),
+                    )),
                 }
             };
             let integer = |min: i64| -> Result<u64, ConfigError> {
                 match value {
                     RawValue::Int(i) if *i >= min => Ok(*i as u64),
-                    other => Err(invalid(key, format!("expected a whole number >= {min}, found {other}"))),
+                    other => Err(invalid(
+                        key,
+                        format!("expected a whole number >= {min}, found {other}"),
+                    )),
                 }
             };
             match key.as_str() {
@@ -297,13 +325,17 @@ impl Config {
                 "deploy_control_endpoint" => config.deploy_control_endpoint = text(),
                 "s3_endpoint_override" => config.s3_endpoint_override = text(),
                 "on_premises_config_file" => {
-                    config.on_premises_config_file =
-                        text().map(PathBuf::from).unwrap_or(config.on_premises_config_file)
+                    config.on_premises_config_file = text()
+                        .map(PathBuf::from)
+                        .unwrap_or(config.on_premises_config_file)
                 }
                 "ongoing_deployment_tracking" => {
                     let name = text().unwrap_or(config.ongoing_deployment_tracking.clone());
                     if name.contains('/') || name == "." || name == ".." {
-                        return Err(invalid(key, format!("{name} must be a plain directory name")));
+                        return Err(invalid(
+                            key,
+                            format!("{name} must be a plain directory name"),
+                        ));
                     }
                     config.ongoing_deployment_tracking = name;
                 }
@@ -324,7 +356,10 @@ impl Config {
                     return Err(invalid(key, "children can only be set to 1".into()));
                 }
                 k if IGNORED_KEYS.contains(&k) => {
-                    tracing::debug!(key = k, "configuration key is accepted but has no effect here");
+                    tracing::debug!(
+                        key = k,
+                        "configuration key is accepted but has no effect here"
+                    );
                 }
                 k => {
                     tracing::warn!(file = %path.display(), key = k, "unknown configuration key ignored");
@@ -340,7 +375,9 @@ impl Config {
             ));
         }
         if config.use_fips_mode {
-            tracing::debug!("use_fips_mode is set; the region check happens when the daemon starts");
+            tracing::debug!(
+                "use_fips_mode is set; the region check happens when the daemon starts"
+            );
         }
         Ok(config)
     }
@@ -351,7 +388,10 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/codedeploy-agent/conf/codedeployagent.yml"))
+        Config::parse(
+            text,
+            Path::new("/etc/codedeploy-agent/conf/codedeployagent.yml"),
+        )
     }
 
     const SHIPPED: &str = "---\n:log_aws_wire: false\n:log_dir: '/var/log/aws/codedeploy-agent/'\n:pid_dir: '/opt/codedeploy-agent/state/.pid/'\n:program_name: codedeploy-agent\n:root_dir: '/opt/codedeploy-agent/deployment-root'\n:verbose: false\n:wait_between_runs: 1\n:proxy_uri:\n:max_revisions: 5\n";
@@ -359,7 +399,10 @@ mod tests {
     #[test]
     fn shipped_file_parses() {
         let c = parse(SHIPPED).expect("valid");
-        assert_eq!(c.root_dir, PathBuf::from("/opt/codedeploy-agent/deployment-root"));
+        assert_eq!(
+            c.root_dir,
+            PathBuf::from("/opt/codedeploy-agent/deployment-root")
+        );
         assert_eq!(c.log_dir, PathBuf::from("/var/log/aws/codedeploy-agent/"));
         assert_eq!(c.wait_between_runs, 1);
         assert_eq!(c.max_revisions, 5);
@@ -380,7 +423,10 @@ mod tests {
         for bad in ["0", "-1", "abc", "1.5"] {
             let err = parse(&format!(":root_dir: /a\n:max_revisions: {bad}\n")).expect_err(bad);
             let msg = err.to_string();
-            assert!(msg.starts_with("/etc/codedeploy-agent/conf/codedeployagent.yml: max_revisions:"), "{msg}");
+            assert!(
+                msg.starts_with("/etc/codedeploy-agent/conf/codedeployagent.yml: max_revisions:"),
+                "{msg}"
+            );
             assert!(msg.contains(&format!(":max_revision={bad}")), "{msg}");
         }
     }
@@ -395,17 +441,33 @@ mod tests {
             "{err}"
         );
         let err = Config::load(Path::new("/nonexistent/x.yml")).expect_err("missing");
-        assert_eq!(err.to_string(), "The config file /nonexistent/x.yml does not exist or is not readable");
+        assert_eq!(
+            err.to_string(),
+            "The config file /nonexistent/x.yml does not exist or is not readable"
+        );
     }
 
     #[test]
     fn children_other_than_one_is_rejected_and_unknown_keys_ignored() {
-        assert!(parse(":root_dir: /a\n:children: 2\n").expect_err("children").to_string().contains("children can only be set to 1"));
-        assert!(parse(":root_dir: /a\n:children: 1\n:some_future_key: x\n:plugins: [codedeploy]\n").is_ok());
+        assert!(
+            parse(":root_dir: /a\n:children: 2\n")
+                .expect_err("children")
+                .to_string()
+                .contains("children can only be set to 1")
+        );
+        assert!(
+            parse(":root_dir: /a\n:children: 1\n:some_future_key: x\n:plugins: [codedeploy]\n")
+                .is_ok()
+        );
     }
 
     #[test]
     fn root_dir_is_required() {
-        assert!(parse(":log_dir: /x\n").expect_err("no root").to_string().contains("root_dir"));
+        assert!(
+            parse(":log_dir: /x\n")
+                .expect_err("no root")
+                .to_string()
+                .contains("root_dir")
+        );
     }
 }

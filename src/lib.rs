@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod local;
+pub mod preview;
 pub mod revision;
 pub mod spec;
 pub mod validate;

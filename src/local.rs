@@ -3,12 +3,19 @@
 //! spec, and run every lifecycle event through the same executor the daemon uses.
 
 use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use crate::appspec::LifecycleEvent;
 use crate::cli::LocalArgs;
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::deploy::executor::{CommandFailure, EngineSettings, Executor, HookMapping, Progress};
+use crate::deploy::layout::DeploymentRoot;
+use crate::revision::local::LocalFetcher;
 
 /// A problem with the options, printed as `ERROR: <message>` (exit 1).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,18 +25,33 @@ pub struct LocalValidationError(pub String);
 const VALID_TYPES: [&str; 4] = ["tgz", "tar", "zip", "directory"];
 
 /// Events that use the last successful revision: the only ones allowed before DownloadBundle.
-const PREVIOUS_REVISION_EVENTS: [&str; 3] = ["BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"];
+const PREVIOUS_REVISION_EVENTS: [&str; 3] =
+    ["BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"];
 
 /// Events that use the new revision, except BeforeInstall (which may precede Install).
-const NEW_REVISION_EVENTS: [&str; 5] =
-    ["AfterInstall", "ApplicationStart", "BeforeAllowTraffic", "AfterAllowTraffic", "ValidateService"];
+const NEW_REVISION_EVENTS: [&str; 5] = [
+    "AfterInstall",
+    "ApplicationStart",
+    "BeforeAllowTraffic",
+    "AfterAllowTraffic",
+    "ValidateService",
+];
 
 /// Where the bundle comes from, as the user gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Local(PathBuf),
-    S3 { bucket: String, key: String, version: Option<String>, etag: Option<String> },
-    GitHub { account: String, repository: String, commit: String },
+    S3 {
+        bucket: String,
+        key: String,
+        version: Option<String>,
+        etag: Option<String>,
+    },
+    GitHub {
+        account: String,
+        repository: String,
+        commit: String,
+    },
 }
 
 /// The validated options of one local run.
@@ -56,7 +78,9 @@ pub fn validate(args: &LocalArgs, cwd: &Path) -> Result<LocalRun, LocalValidatio
     let err = |m: String| Err(LocalValidationError(m));
     let t = args.bundle_type.as_str();
     if !VALID_TYPES.contains(&t) {
-        return err(format!("type {t} is not a valid type. Must be one of tgz,tar,zip,directory"));
+        return err(format!(
+            "type {t} is not a valid type. Must be one of tgz,tar,zip,directory"
+        ));
     }
     let l = &location_text;
     let scheme = scheme_of(l);
@@ -77,12 +101,20 @@ pub fn validate(args: &LocalArgs, cwd: &Path) -> Result<LocalRun, LocalValidatio
         None => Location::Local(PathBuf::from(l)),
     };
     if let Location::Local(path) = &location {
-        let path = if path.is_absolute() { path.clone() } else { cwd.join(path) };
+        let path = if path.is_absolute() {
+            path.clone()
+        } else {
+            cwd.join(path)
+        };
         if !path.exists() {
-            return err(format!("location {l} is specified as a file or directory which does not exist"));
+            return err(format!(
+                "location {l} is specified as a file or directory which does not exist"
+            ));
         }
         if t == "directory" && path.is_file() {
-            return err(format!("location {l} is specified with type directory but it is a file"));
+            return err(format!(
+                "location {l} is specified with type directory but it is a file"
+            ));
         }
         if t != "directory" && path.is_dir() {
             return err(format!(
@@ -99,7 +131,9 @@ pub fn validate(args: &LocalArgs, cwd: &Path) -> Result<LocalRun, LocalValidatio
                          directory"
                     ));
                 }
-                None if !path.join("appspec.yml").exists() && !path.join("appspec.yaml").exists() => {
+                None if !path.join("appspec.yml").exists()
+                    && !path.join("appspec.yaml").exists() =>
+                {
                     return err(format!(
                         "Expecting appspec file at location {l}/appspec.yml or {l}/appspec.yaml but \
                          it is not found there. Please either run the CLI from within a directory \
@@ -111,15 +145,25 @@ pub fn validate(args: &LocalArgs, cwd: &Path) -> Result<LocalRun, LocalValidatio
             }
         }
     }
-    let events: Option<Vec<String>> =
-        args.events.as_ref().map(|e| e.split(',').map(str::to_owned).collect());
+    let events: Option<Vec<String>> = args
+        .events
+        .as_ref()
+        .map(|e| e.split(',').map(str::to_owned).collect());
     if let Some(events) = &events {
         let before = |stop: &str| -> Vec<&str> {
-            events.iter().map(String::as_str).take_while(|e| *e != stop).collect()
+            events
+                .iter()
+                .map(String::as_str)
+                .take_while(|e| *e != stop)
+                .collect()
         };
         if events.iter().any(|e| e == "DownloadBundle") {
             let prior = before("DownloadBundle");
-            if NEW_REVISION_EVENTS.iter().chain(["BeforeInstall", "Install"].iter()).any(|e| prior.contains(e)) {
+            if NEW_REVISION_EVENTS
+                .iter()
+                .chain(["BeforeInstall", "Install"].iter())
+                .any(|e| prior.contains(e))
+            {
                 return err(format!(
                     "The only events that can be specified before DownloadBundle are {}. Please fix \
                      the order of your specified events: {}",
@@ -145,7 +189,10 @@ pub fn validate(args: &LocalArgs, cwd: &Path) -> Result<LocalRun, LocalValidatio
         other => other,
     };
     Ok(LocalRun {
-        application_name: args.application_name.clone().unwrap_or_else(|| location_text.clone()),
+        application_name: args
+            .application_name
+            .clone()
+            .unwrap_or_else(|| location_text.clone()),
         location_text,
         location,
         bundle_type: t.to_owned(),
@@ -160,14 +207,23 @@ pub fn validate(args: &LocalArgs, cwd: &Path) -> Result<LocalRun, LocalValidatio
 fn scheme_of(location: &str) -> Option<String> {
     let (scheme, _) = location.split_once("://")?;
     let valid = !scheme.is_empty()
-        && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+        && scheme
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
     valid.then(|| scheme.to_ascii_lowercase())
 }
 
 fn parse_s3(l: &str) -> Result<Location, LocalValidationError> {
     let rest = &l["s3://".len()..];
-    let bad = || LocalValidationError(format!("s3 location {l} not in the expected format of 's3://bucket/key'"));
+    let bad = || {
+        LocalValidationError(format!(
+            "s3 location {l} not in the expected format of 's3://bucket/key'"
+        ))
+    };
     let (bucket, path) = rest.split_once('/').ok_or_else(bad)?;
     let (key, query) = match path.split_once('?') {
         Some((k, q)) => (k, Some(q)),
@@ -178,7 +234,11 @@ fn parse_s3(l: &str) -> Result<Location, LocalValidationError> {
     }
     let mut version = None;
     let mut etag = None;
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "versionId" => version = Some(percent_decode(v)),
@@ -186,7 +246,12 @@ fn parse_s3(l: &str) -> Result<Location, LocalValidationError> {
             _ => {}
         }
     }
-    Ok(Location::S3 { bucket: bucket.into(), key: percent_decode(key), version, etag })
+    Ok(Location::S3 {
+        bucket: bucket.into(),
+        key: percent_decode(key),
+        version,
+        etag,
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -195,16 +260,14 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
                 }
-            }
+                Err(_) => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -249,7 +312,10 @@ fn parse_github(l: &str) -> Result<Location, LocalValidationError> {
 /// before DownloadBundle.
 pub fn event_sequence(events: Option<&[String]>) -> Vec<String> {
     let given: Vec<String> = match events {
-        None | Some([]) => LifecycleEvent::DEFAULT_ORDER.iter().map(|e| e.as_str().to_owned()).collect(),
+        None | Some([]) => LifecycleEvent::DEFAULT_ORDER
+            .iter()
+            .map(|e| e.as_str().to_owned())
+            .collect(),
         Some(list) => list.to_vec(),
     };
     let mut out: Vec<String> = ["DownloadBundle", "Install"]
@@ -260,17 +326,20 @@ pub fn event_sequence(events: Option<&[String]>) -> Vec<String> {
     out.extend(given);
     let download = out.iter().position(|e| e == "DownloadBundle");
     let install = out.iter().position(|e| e == "Install");
-    if let (Some(d), Some(i)) = (download, install) {
-        if i < d {
-            out.swap(d, i);
-        }
+    if let (Some(d), Some(i)) = (download, install)
+        && i < d
+    {
+        out.swap(d, i);
     }
     out
 }
 
 /// `AllPossibleLifecycleEvents`: the eleven defaults plus the given events, without duplicates.
 pub fn all_possible_events(events: Option<&[String]>) -> Vec<String> {
-    let mut out: Vec<String> = LifecycleEvent::DEFAULT_ORDER.iter().map(|e| e.as_str().to_owned()).collect();
+    let mut out: Vec<String> = LifecycleEvent::DEFAULT_ORDER
+        .iter()
+        .map(|e| e.as_str().to_owned())
+        .collect();
     for e in events.unwrap_or_default() {
         if !out.contains(e) {
             out.push(e.clone());
@@ -303,14 +372,22 @@ pub fn random_deployment_id() -> String {
             *b = (nanos >> (i * 7)) as u8 ^ (std::process::id() >> i) as u8;
         }
     }
-    let id: String = seed.iter().map(|b| CHARS[usize::from(*b) % CHARS.len()] as char).collect();
+    let id: String = seed
+        .iter()
+        .map(|b| CHARS[usize::from(*b) % CHARS.len()] as char)
+        .collect();
     format!("d-{id}-local")
 }
 
 /// The `TEXT/JSON` spec payload for this run (§7 "Execution").
 pub fn spec_json(run: &LocalRun, deployment_id: &str) -> String {
     let revision = match &run.location {
-        Location::S3 { bucket, key, version, etag } => {
+        Location::S3 {
+            bucket,
+            key,
+            version,
+            etag,
+        } => {
             let mut s3 = json!({"Bucket": bucket, "Key": key, "BundleType": run.bundle_type});
             if let Some(v) = version {
                 s3["Version"] = json!(v);
@@ -320,7 +397,11 @@ pub fn spec_json(run: &LocalRun, deployment_id: &str) -> String {
             }
             json!({"RevisionType": "S3", "S3Revision": s3})
         }
-        Location::GitHub { account, repository, commit } => {
+        Location::GitHub {
+            account,
+            repository,
+            commit,
+        } => {
             let bundle_type = if run.bundle_type == "tar" || run.bundle_type == "zip" {
                 run.bundle_type.as_str()
             } else {
@@ -330,7 +411,11 @@ pub fn spec_json(run: &LocalRun, deployment_id: &str) -> String {
                 "Account": account, "Repository": repository, "CommitId": commit, "BundleType": bundle_type}})
         }
         Location::Local(path) => {
-            let kind = if run.bundle_type == "directory" { "Local Directory" } else { "Local File" };
+            let kind = if run.bundle_type == "directory" {
+                "Local Directory"
+            } else {
+                "Local File"
+            };
             json!({"RevisionType": kind, "LocalRevision": {
                 "Location": path.display().to_string(), "BundleType": run.bundle_type}})
         }
@@ -349,138 +434,8 @@ pub fn spec_json(run: &LocalRun, deployment_id: &str) -> String {
     value.to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(extra: &[&str]) -> LocalArgs {
-        let mut argv = vec!["codedeploy-local"];
-        argv.extend_from_slice(extra);
-        let cli = crate::cli::parse(argv.iter().map(Into::into).collect()).expect("parses");
-        match cli.command {
-            crate::cli::Command::Local(a) => a,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn bundle() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("appspec.yml"), "version: 0.0\nos: linux\n").expect("write");
-        dir
-    }
-
-    fn msg(extra: &[&str], cwd: &Path) -> String {
-        validate(&args(extra), cwd).expect_err("invalid").0
-    }
-
-    #[test]
-    fn validation_messages_in_aws_order() {
-        let b = bundle();
-        let cwd = b.path();
-        assert_eq!(msg(&["-t", "rar"], cwd), "type rar is not a valid type. Must be one of tgz,tar,zip,directory");
-        assert_eq!(
-            msg(&["-l", "http://x/y"], cwd),
-            "location http://x/y cannot be http, only encrypted (https) url endpoints supported"
-        );
-        assert_eq!(
-            msg(&["-l", "/no/such"], cwd),
-            "location /no/such is specified as a file or directory which does not exist"
-        );
-        let file = cwd.join("appspec.yml");
-        let f = file.to_str().expect("utf8");
-        assert_eq!(msg(&["-l", f], cwd), format!("location {f} is specified with type directory but it is a file"));
-        let d = cwd.to_str().expect("utf8");
-        assert_eq!(
-            msg(&["-l", d, "-t", "zip"], cwd),
-            format!("location {d} is specified as a compressed local file but it is a directory")
-        );
-        assert!(msg(&["-l", d, "-A", "other.yml"], cwd).starts_with(&format!(
-            "Expecting appspec file at location {d}/other.yml but it is not found there."
-        )));
-        let empty = tempfile::tempdir().expect("tempdir");
-        let e = empty.path().to_str().expect("utf8");
-        assert!(msg(&["-l", e], cwd).starts_with(&format!(
-            "Expecting appspec file at location {e}/appspec.yml or {e}/appspec.yaml but it is not found there."
-        )));
-        assert_eq!(
-            msg(&["-e", "Install,DownloadBundle"], cwd),
-            "The only events that can be specified before DownloadBundle are BeforeBlockTraffic,AfterBlockTraffic,ApplicationStop. Please fix the order of your specified events: Install,DownloadBundle"
-        );
-        assert_eq!(
-            msg(&["-e", "ApplicationStart,Install"], cwd),
-            "The only events that can be specified before Install are BeforeBlockTraffic,AfterBlockTraffic,ApplicationStop,DownloadBundle,BeforeInstall. Please fix the order of your specified events: ApplicationStart,Install"
-        );
-    }
-
-    #[test]
-    fn defaults_and_locations() {
-        let b = bundle();
-        let run = validate(&args(&[]), b.path()).expect("valid");
-        assert_eq!(run.location, Location::Local(b.path().to_path_buf()));
-        assert_eq!(run.deployment_group_id, "default-local-deployment-group");
-        assert_eq!(run.deployment_group_name, "LocalFleet");
-        assert_eq!(run.application_name, b.path().display().to_string());
-        assert_eq!(run.file_exists_behavior, "DISALLOW");
-        let run = validate(&args(&["-l", "s3://bkt/dir/app.zip?versionId=v1&etag=abc", "-t", "zip"]), b.path()).expect("s3");
-        assert_eq!(
-            run.location,
-            Location::S3 { bucket: "bkt".into(), key: "dir/app.zip".into(), version: Some("v1".into()), etag: Some("abc".into()) }
-        );
-        let run = validate(&args(&["-l", "https://github.com/owner/repo", "-t", "zip"]), b.path()).expect("gh");
-        assert_eq!(run.location, Location::GitHub { account: "owner".into(), repository: "repo".into(), commit: "HEAD".into() });
-        let run = validate(&args(&["-l", "https://api.github.com/repos/o/r/tarball/abc123", "-t", "tar"]), b.path()).expect("gh api");
-        assert_eq!(run.location, Location::GitHub { account: "o".into(), repository: "r".into(), commit: "abc123".into() });
-    }
-
-    #[test]
-    fn event_ordering_rules() {
-        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
-        assert_eq!(event_sequence(None).len(), 11);
-        // Install is prepended, then swapped behind DownloadBundle (§7).
-        assert_eq!(
-            event_sequence(Some(&s(&["DownloadBundle", "ApplicationStart"]))),
-            s(&["DownloadBundle", "Install", "ApplicationStart"])
-        );
-        assert_eq!(event_sequence(Some(&s(&["ApplicationStart"]))), s(&["DownloadBundle", "Install", "ApplicationStart"]));
-        assert_eq!(event_sequence(Some(&s(&["Install", "DownloadBundle"]))), s(&["DownloadBundle", "Install"]));
-        let all = all_possible_events(Some(&s(&["Custom1", "ApplicationStart"])));
-        assert_eq!(all.len(), 12);
-        assert_eq!(all.last().map(String::as_str), Some("Custom1"));
-        let hooks = hook_events(Some(&s(&["Custom1"])));
-        assert!(hooks.contains("Custom1") && !hooks.contains("Install") && hooks.len() == 10);
-    }
-
-    #[test]
-    fn random_ids_have_the_aws_shape() {
-        let id = random_deployment_id();
-        assert_eq!(id.len(), "d-XXXXXXXXX-local".len());
-        assert!(id.starts_with("d-") && id.ends_with("-local"));
-        assert!(id[2..11].chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
-    }
-
-    #[test]
-    fn spec_json_round_trips_through_the_spec_parser() {
-        let b = bundle();
-        let run = validate(&args(&["-b", "overwrite"]), b.path()).expect("valid");
-        let json = spec_json(&run, "d-ABCDEFGHI-local");
-        let spec = crate::spec::parse_envelope(Some("TEXT/JSON"), &json, true).expect("parses");
-        assert_eq!(spec.deployment_id, "d-ABCDEFGHI-local");
-        assert_eq!(spec.file_exists_behavior, "OVERWRITE");
-        assert_eq!(spec.all_possible_lifecycle_events.map(|v| v.len()), Some(11));
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Running a local deployment.
-
-use std::io::IsTerminal;
-use std::process::ExitCode;
-use std::time::Instant;
-
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::deploy::executor::{CommandFailure, EngineSettings, Executor, HookMapping, Progress};
-use crate::deploy::layout::DeploymentRoot;
-use crate::revision::local::LocalFetcher;
 
 /// Loads the configuration a local run uses: `-c` if given (it must exist), else the system
 /// file if present, else built-in per-user defaults.
@@ -493,12 +448,16 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(Config, Option<String>), 
                     path.display()
                 ));
             }
-            Config::load(path).map(|c| (c, None)).map_err(|e| e.to_string())
+            Config::load(path)
+                .map(|c| (c, None))
+                .map_err(|e| e.to_string())
         }
         None => {
             let default = Path::new(DEFAULT_CONFIG_PATH);
             if default.is_file() && std::fs::File::open(default).is_ok() {
-                return Config::load(default).map(|c| (c, None)).map_err(|e| e.to_string());
+                return Config::load(default)
+                    .map(|c| (c, None))
+                    .map_err(|e| e.to_string());
             }
             let config = Config::user_defaults();
             let note = format!(
@@ -574,18 +533,34 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     let deployment_id = random_deployment_id();
     let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
     let deployment_dir = root.deployment_dir(&run.deployment_group_id, &deployment_id);
-    println!("Starting to execute deployment from within folder {}", deployment_dir.display());
-    let spec = match crate::spec::parse_envelope(Some("TEXT/JSON"), &spec_json(&run, &deployment_id), true) {
+    println!(
+        "Starting to execute deployment from within folder {}",
+        deployment_dir.display()
+    );
+    let spec = match crate::spec::parse_envelope(
+        Some("TEXT/JSON"),
+        &spec_json(&run, &deployment_id),
+        true,
+    ) {
         Ok(spec) => spec,
         Err(e) => return fail(&e.message),
     };
     let mapping = HookMapping::identity(hook_events(run.events.as_deref()));
     let settings = EngineSettings::from_config(&config, &root);
     let fetcher = LocalFetcher;
-    let executor = Executor { root, settings, fetcher: &fetcher };
+    let executor = Executor {
+        root,
+        settings,
+        fetcher: &fetcher,
+    };
     let started = Instant::now();
     let scripts_log = deployment_dir.join("logs/scripts.log");
-    let see_log = || println!("See the deployment log at {} for more details", scripts_log.display());
+    let see_log = || {
+        println!(
+            "See the deployment log at {} for more details",
+            scripts_log.display()
+        )
+    };
 
     for event in event_sequence(run.events.as_deref()) {
         let event_started = Instant::now();
@@ -598,8 +573,16 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                 return;
             }
             match p {
-                Progress::Downloaded { files, bytes, elapsed } if files > 0 => {
-                    println!("  bundle unpacked: {files} files, {} KiB in {}", bytes / 1024, fmt_duration(elapsed));
+                Progress::Downloaded {
+                    files,
+                    bytes,
+                    elapsed,
+                } if files > 0 => {
+                    println!(
+                        "  bundle unpacked: {files} files, {} KiB in {}",
+                        bytes / 1024,
+                        fmt_duration(elapsed)
+                    );
                 }
                 Progress::Installed { summary, elapsed } => println!(
                     "  installed: {} files copied, {} directories created, {} permissions set, {} previous files removed in {}",
@@ -665,4 +648,187 @@ fn report_failure(failure: &CommandFailure, deployment_dir: &Path, see_log: &dyn
         }
     }
     ExitCode::from(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> LocalArgs {
+        let mut argv = vec!["codedeploy-local"];
+        argv.extend_from_slice(extra);
+        let cli = crate::cli::parse(argv.iter().map(Into::into).collect()).expect("parses");
+        match cli.command {
+            crate::cli::Command::Local(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn bundle() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("appspec.yml"), "version: 0.0\nos: linux\n").expect("write");
+        dir
+    }
+
+    fn msg(extra: &[&str], cwd: &Path) -> String {
+        validate(&args(extra), cwd).expect_err("invalid").0
+    }
+
+    #[test]
+    fn validation_messages_in_aws_order() {
+        let b = bundle();
+        let cwd = b.path();
+        assert_eq!(
+            msg(&["-t", "rar"], cwd),
+            "type rar is not a valid type. Must be one of tgz,tar,zip,directory"
+        );
+        assert_eq!(
+            msg(&["-l", "http://x/y"], cwd),
+            "location http://x/y cannot be http, only encrypted (https) url endpoints supported"
+        );
+        assert_eq!(
+            msg(&["-l", "/no/such"], cwd),
+            "location /no/such is specified as a file or directory which does not exist"
+        );
+        let file = cwd.join("appspec.yml");
+        let f = file.to_str().expect("utf8");
+        assert_eq!(
+            msg(&["-l", f], cwd),
+            format!("location {f} is specified with type directory but it is a file")
+        );
+        let d = cwd.to_str().expect("utf8");
+        assert_eq!(
+            msg(&["-l", d, "-t", "zip"], cwd),
+            format!("location {d} is specified as a compressed local file but it is a directory")
+        );
+        assert!(
+            msg(&["-l", d, "-A", "other.yml"], cwd).starts_with(&format!(
+                "Expecting appspec file at location {d}/other.yml but it is not found there."
+            ))
+        );
+        let empty = tempfile::tempdir().expect("tempdir");
+        let e = empty.path().to_str().expect("utf8");
+        assert!(msg(&["-l", e], cwd).starts_with(&format!(
+            "Expecting appspec file at location {e}/appspec.yml or {e}/appspec.yaml but it is not found there."
+        )));
+        assert_eq!(
+            msg(&["-e", "Install,DownloadBundle"], cwd),
+            "The only events that can be specified before DownloadBundle are BeforeBlockTraffic,AfterBlockTraffic,ApplicationStop. Please fix the order of your specified events: Install,DownloadBundle"
+        );
+        assert_eq!(
+            msg(&["-e", "ApplicationStart,Install"], cwd),
+            "The only events that can be specified before Install are BeforeBlockTraffic,AfterBlockTraffic,ApplicationStop,DownloadBundle,BeforeInstall. Please fix the order of your specified events: ApplicationStart,Install"
+        );
+    }
+
+    #[test]
+    fn defaults_and_locations() {
+        let b = bundle();
+        let run = validate(&args(&[]), b.path()).expect("valid");
+        assert_eq!(run.location, Location::Local(b.path().to_path_buf()));
+        assert_eq!(run.deployment_group_id, "default-local-deployment-group");
+        assert_eq!(run.deployment_group_name, "LocalFleet");
+        assert_eq!(run.application_name, b.path().display().to_string());
+        assert_eq!(run.file_exists_behavior, "DISALLOW");
+        let run = validate(
+            &args(&[
+                "-l",
+                "s3://bkt/dir/app.zip?versionId=v1&etag=abc",
+                "-t",
+                "zip",
+            ]),
+            b.path(),
+        )
+        .expect("s3");
+        assert_eq!(
+            run.location,
+            Location::S3 {
+                bucket: "bkt".into(),
+                key: "dir/app.zip".into(),
+                version: Some("v1".into()),
+                etag: Some("abc".into())
+            }
+        );
+        let run = validate(
+            &args(&["-l", "https://github.com/owner/repo", "-t", "zip"]),
+            b.path(),
+        )
+        .expect("gh");
+        assert_eq!(
+            run.location,
+            Location::GitHub {
+                account: "owner".into(),
+                repository: "repo".into(),
+                commit: "HEAD".into()
+            }
+        );
+        let run = validate(
+            &args(&[
+                "-l",
+                "https://api.github.com/repos/o/r/tarball/abc123",
+                "-t",
+                "tar",
+            ]),
+            b.path(),
+        )
+        .expect("gh api");
+        assert_eq!(
+            run.location,
+            Location::GitHub {
+                account: "o".into(),
+                repository: "r".into(),
+                commit: "abc123".into()
+            }
+        );
+    }
+
+    #[test]
+    fn event_ordering_rules() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(event_sequence(None).len(), 11);
+        // Install is prepended, then swapped behind DownloadBundle (§7).
+        assert_eq!(
+            event_sequence(Some(&s(&["DownloadBundle", "ApplicationStart"]))),
+            s(&["DownloadBundle", "Install", "ApplicationStart"])
+        );
+        assert_eq!(
+            event_sequence(Some(&s(&["ApplicationStart"]))),
+            s(&["DownloadBundle", "Install", "ApplicationStart"])
+        );
+        assert_eq!(
+            event_sequence(Some(&s(&["Install", "DownloadBundle"]))),
+            s(&["DownloadBundle", "Install"])
+        );
+        let all = all_possible_events(Some(&s(&["Custom1", "ApplicationStart"])));
+        assert_eq!(all.len(), 12);
+        assert_eq!(all.last().map(String::as_str), Some("Custom1"));
+        let hooks = hook_events(Some(&s(&["Custom1"])));
+        assert!(hooks.contains("Custom1") && !hooks.contains("Install") && hooks.len() == 10);
+    }
+
+    #[test]
+    fn random_ids_have_the_aws_shape() {
+        let id = random_deployment_id();
+        assert_eq!(id.len(), "d-XXXXXXXXX-local".len());
+        assert!(id.starts_with("d-") && id.ends_with("-local"));
+        assert!(
+            id[2..11]
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
+    }
+
+    #[test]
+    fn spec_json_round_trips_through_the_spec_parser() {
+        let b = bundle();
+        let run = validate(&args(&["-b", "overwrite"]), b.path()).expect("valid");
+        let json = spec_json(&run, "d-ABCDEFGHI-local");
+        let spec = crate::spec::parse_envelope(Some("TEXT/JSON"), &json, true).expect("parses");
+        assert_eq!(spec.deployment_id, "d-ABCDEFGHI-local");
+        assert_eq!(spec.file_exists_behavior, "OVERWRITE");
+        assert_eq!(
+            spec.all_possible_lifecycle_events.map(|v| v.len()),
+            Some(11)
+        );
+    }
 }

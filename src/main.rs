@@ -15,9 +15,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Validate(args) => codedeploy_agent::validate::run(&args),
-        Command::Local(_) | Command::Plan(_) => {
-            eprintln!("ERROR: codedeploy-local is not yet available in this build");
-            ExitCode::from(1)
-        }
+        Command::Local(args) => codedeploy_agent::local::run(&args),
+        Command::Plan(args) => codedeploy_agent::preview::run(&args),
     }
 }

@@ -1,13 +1,285 @@
-//! `codedeploy-agent validate`: check an appspec, bundle directory or archive and print every
-//! problem compiler-style.
+//! `codedeploy-agent validate [PATH]`: check an appspec, a bundle directory or a bundle archive
+//! without deploying it, and print every problem compiler-style:
+//! `appspec.yml:LINE:COL: error: MESSAGE`, then a summary. `--format json` prints the same as
+//! a JSON array. Exit 0 when valid (warnings allowed), 1 when not, 2 on usage errors.
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::cli::ValidateArgs;
+use serde::Serialize;
+
+use crate::appspec::{self, AppSpec, Position, Severity};
+use crate::cli::{OutputFormat, ValidateArgs};
+use crate::deploy::plan;
+use crate::revision::archive::{self, UnpackOptions};
+
+/// One finding, as printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub severity: &'static str,
+    pub message: String,
+}
+
+impl Finding {
+    fn new(file: &str, position: Option<Position>, severity: Severity, message: String) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: position.map(|p| p.line),
+            column: position.map(|p| p.column),
+            severity: match severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            },
+            message,
+        }
+    }
+
+    fn is_error(&self) -> bool {
+        self.severity == "error"
+    }
+
+    fn render(&self) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => {
+                format!("{}:{l}:{c}: {}: {}", self.file, self.severity, self.message)
+            }
+            _ => format!("{}: {}: {}", self.file, self.severity, self.message),
+        }
+    }
+}
+
+/// A usage problem: the path cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ValidateUsageError(String);
+
+/// A private temporary directory, removed on drop (archives are unpacked into one to be read).
+pub(crate) struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub(crate) fn new() -> std::io::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "codedeploy-validate-{}-{nanos}",
+            std::process::id()
+        ));
+        fs::create_dir(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Checks `path` for `os` and returns every finding.
+pub fn check(path: &Path, os: appspec::Os) -> Result<Vec<Finding>, ValidateUsageError> {
+    let meta = fs::metadata(path)
+        .map_err(|e| ValidateUsageError(format!("cannot read {}: {e}", path.display())))?;
+    let _scratch;
+    let (bundle, appspec_path) = if meta.is_dir() {
+        let found = ["appspec.yml", "appspec.yaml"]
+            .iter()
+            .map(|n| path.join(n))
+            .find(|p| p.is_file());
+        match found {
+            Some(p) => (Some(path.to_path_buf()), p),
+            None => {
+                return Ok(vec![Finding::new(
+                    "appspec.yml",
+                    None,
+                    Severity::Error,
+                    format!(
+                        "no appspec.yml or appspec.yaml in the bundle directory {}",
+                        path.display()
+                    ),
+                )]);
+            }
+        }
+    } else {
+        match archive::detect(path)
+            .map_err(|e| ValidateUsageError(format!("cannot read {}: {e}", path.display())))?
+        {
+            Some(kind) => {
+                let scratch = ScratchDir::new().map_err(|e| {
+                    ValidateUsageError(format!("cannot create a temporary directory: {e}"))
+                })?;
+                let target = scratch.0.join("deployment-archive");
+                let archive_name = path.display().to_string();
+                if let Err(e) = archive::unpack(path, kind, &target, &UnpackOptions::default()) {
+                    return Ok(vec![Finding::new(
+                        &archive_name,
+                        None,
+                        Severity::Error,
+                        e.to_string(),
+                    )]);
+                }
+                let found = ["appspec.yml", "appspec.yaml"]
+                    .iter()
+                    .map(|n| target.join(n))
+                    .find(|p| p.is_file());
+                _scratch = scratch;
+                match found {
+                    Some(p) => (Some(target), p),
+                    None => {
+                        return Ok(vec![Finding::new(
+                            &archive_name,
+                            None,
+                            Severity::Error,
+                            "the bundle has no appspec.yml or appspec.yaml at its top level (or in a single top-level directory)".into(),
+                        )]);
+                    }
+                }
+            }
+            None => (None, path.to_path_buf()),
+        }
+    };
+    let name = appspec_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = fs::read_to_string(&appspec_path)
+        .map_err(|e| ValidateUsageError(format!("cannot read {}: {e}", appspec_path.display())))?;
+    let mut findings = Vec::new();
+    let spec = match appspec::parse(&text, os) {
+        Ok(parsed) => {
+            findings.extend(
+                parsed
+                    .warnings
+                    .into_iter()
+                    .map(|d| Finding::new(&name, d.position, d.severity, d.message)),
+            );
+            parsed.spec
+        }
+        Err(e) => {
+            findings.extend(
+                e.diagnostics
+                    .into_iter()
+                    .map(|d| Finding::new(&name, d.position, d.severity, d.message)),
+            );
+            return Ok(findings);
+        }
+    };
+    if let Some(bundle) = bundle {
+        check_bundle(&spec, &bundle, &name, &mut findings);
+    }
+    Ok(findings)
+}
+
+/// Bundle-level checks: hook scripts exist inside the bundle (and are or will be executable),
+/// and the files section builds a valid install plan (sources exist, no two sources map to one
+/// destination, permission rules hold).
+fn check_bundle(spec: &AppSpec, bundle: &Path, name: &str, findings: &mut Vec<Finding>) {
+    for (event, scripts) in &spec.hooks {
+        if !crate::appspec::LifecycleEvent::DEFAULT_ORDER
+            .iter()
+            .any(|e| e.as_str() == event)
+        {
+            let position = scripts.first().map(|s| s.position);
+            findings.push(Finding::new(
+                name,
+                position,
+                Severity::Warning,
+                format!("{event} is not a standard lifecycle event; it only runs when a deployment names it (codedeploy-local --events {event})"),
+            ));
+        }
+        for script in scripts {
+            let rel = Path::new(&script.location);
+            let escapes = rel.is_absolute() || rel.components().any(|c| c == Component::ParentDir);
+            let abs = bundle.join(rel);
+            if escapes {
+                findings.push(Finding::new(
+                    name,
+                    Some(script.position),
+                    Severity::Error,
+                    format!(
+                        "the script location {} points outside the bundle",
+                        script.location
+                    ),
+                ));
+            } else if !abs.is_file() {
+                findings.push(Finding::new(
+                    name,
+                    Some(script.position),
+                    Severity::Error,
+                    format!(
+                        "Script does not exist at specified location: {}",
+                        script.location
+                    ),
+                ));
+            } else if fs::metadata(&abs).is_ok_and(|m| m.permissions().mode() & 0o111 == 0) {
+                findings.push(Finding::new(name, Some(script.position), Severity::Warning, format!(
+                    "Script at specified location: {} is not executable; the agent will make it executable before running it", script.location)));
+            }
+        }
+    }
+    if let Err(e) = plan::build(spec, bundle) {
+        for problem in e.problems() {
+            findings.push(Finding::new(
+                name,
+                problem.position,
+                Severity::Error,
+                problem.to_string(),
+            ));
+        }
+    }
+}
 
 /// Runs `validate` and returns its exit code: 0 valid, 1 problems found, 2 usage error.
 pub fn run(args: &ValidateArgs) -> ExitCode {
-    let _ = args;
-    eprintln!("validate: not yet available in this build");
-    ExitCode::from(2)
+    let findings = match check(&args.path, args.os.into()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let errors = findings.iter().filter(|f| f.is_error()).count();
+    let warnings = findings.len() - errors;
+    match args.format {
+        OutputFormat::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&findings).unwrap_or_else(|_| "[]".into())
+            );
+        }
+        OutputFormat::Text => {
+            for f in &findings {
+                println!("{}", f.render());
+            }
+            if errors == 0 {
+                println!(
+                    "{}: valid ({warnings} warning{})",
+                    args.path.display(),
+                    if warnings == 1 { "" } else { "s" }
+                );
+            } else {
+                println!(
+                    "{}: {errors} error{} and {warnings} warning{}",
+                    args.path.display(),
+                    if errors == 1 { "" } else { "s" },
+                    if warnings == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+    if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

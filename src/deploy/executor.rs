@@ -78,7 +78,8 @@ impl From<HookError> for CommandFailure {
 }
 
 /// The payload of a successful command.
-pub const SUCCESS_PAYLOAD: &str = r#"{"error_code":0,"script_name":"","message":"Succeeded: ","log":""}"#;
+pub const SUCCESS_PAYLOAD: &str =
+    r#"{"error_code":0,"script_name":"","message":"Succeeded: ","log":""}"#;
 
 /// Which lifecycle events each command runs. `DownloadBundle` and `Install` are built in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +112,7 @@ impl HookMapping {
 }
 
 /// How the engine behaves, derived from the agent configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub max_revisions: u32,
     pub unpack: UnpackOptions,
@@ -131,7 +132,9 @@ impl EngineSettings {
             hooks: HookOptions {
                 kill_grace: Duration::from_secs(config.hook_kill_grace_seconds),
                 wait_for_inherited_output: config.hook_wait_for_inherited_output,
-                deployments_log: config.enable_deployments_log.then(|| root.deployments_log()),
+                deployments_log: config
+                    .enable_deployments_log
+                    .then(|| root.deployments_log()),
             },
             os: Os::Linux,
         }
@@ -142,11 +145,24 @@ impl EngineSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     /// A lifecycle event is about to run `scripts` scripts from `revision_dir`.
-    EventStarted { event: String, scripts: usize },
-    EventFinished { event: String, elapsed: Duration },
+    EventStarted {
+        event: String,
+        scripts: usize,
+    },
+    EventFinished {
+        event: String,
+        elapsed: Duration,
+    },
     /// The bundle is on disk and unpacked.
-    Downloaded { files: u64, bytes: u64, elapsed: Duration },
-    Installed { summary: install::InstallSummary, elapsed: Duration },
+    Downloaded {
+        files: u64,
+        bytes: u64,
+        elapsed: Duration,
+    },
+    Installed {
+        summary: install::InstallSummary,
+        elapsed: Duration,
+    },
 }
 
 /// Which revision a hook event reads its appspec and scripts from (§2.2).
@@ -177,7 +193,8 @@ pub struct Executor<'a> {
 
 impl Executor<'_> {
     fn deployment_dir(&self, spec: &DeploymentSpec) -> PathBuf {
-        self.root.deployment_dir(&spec.deployment_group_id, &spec.deployment_id)
+        self.root
+            .deployment_dir(&spec.deployment_group_id, &spec.deployment_id)
     }
 
     /// True when running `command` would do nothing (§2.4). Parses the appspec of every
@@ -195,10 +212,10 @@ impl Executor<'_> {
             return Ok(true);
         };
         for event in events {
-            if let Some((_, appspec)) = self.hook_revision(event, spec)? {
-                if appspec.scripts(event).is_some_and(|s| !s.is_empty()) {
-                    return Ok(false);
-                }
+            if let Some((_, appspec)) = self.hook_revision(event, spec)?
+                && appspec.scripts(event).is_some_and(|s| !s.is_empty())
+            {
+                return Ok(false);
             }
         }
         Ok(true)
@@ -253,8 +270,9 @@ impl Executor<'_> {
             tracing::info!(path = %path.display(), "removed old deployment directory");
         }
         let archive_dir = dir.join("deployment-archive");
-        remove_if_present(&archive_dir)
-            .map_err(|e| CommandFailure::unknown(format!("could not clear {}: {e}", archive_dir.display())))?;
+        remove_if_present(&archive_dir).map_err(|e| {
+            CommandFailure::unknown(format!("could not clear {}: {e}", archive_dir.display()))
+        })?;
         let bundle_file = dir.join("bundle.tar");
         let fetched = self
             .fetcher
@@ -265,16 +283,26 @@ impl Executor<'_> {
             Fetched::Archive { bundle_type } => {
                 // The spec's type decides; an unknown type is read as tar, as the AWS agent does.
                 let kind = bundle_type.parse::<BundleType>().unwrap_or(BundleType::Tar);
-                let summary = archive::unpack(&bundle_file, kind, &archive_dir, &self.settings.unpack)
-                    .map_err(|e| CommandFailure::unknown(e.to_string()))?;
+                let summary =
+                    archive::unpack(&bundle_file, kind, &archive_dir, &self.settings.unpack)
+                        .map_err(|e| CommandFailure::unknown(e.to_string()))?;
                 (summary.files, summary.bytes)
             }
         };
         let instructions = self.root.instructions_dir();
         fs::create_dir_all(&instructions)
             .and_then(|()| self.root.set_most_recent(group, dir))
-            .map_err(|e| CommandFailure::unknown(format!("could not record the most recent install in {}: {e}", instructions.display())))?;
-        progress(Progress::Downloaded { files, bytes, elapsed: started.elapsed() });
+            .map_err(|e| {
+                CommandFailure::unknown(format!(
+                    "could not record the most recent install in {}: {e}",
+                    instructions.display()
+                ))
+            })?;
+        progress(Progress::Downloaded {
+            files,
+            bytes,
+            elapsed: started.elapsed(),
+        });
         Ok(())
     }
 
@@ -311,15 +339,24 @@ impl Executor<'_> {
             deployment_file_exists_behavior: &spec.file_exists_behavior,
         })
         .map_err(|e| CommandFailure::unknown(e.to_string()))?;
-        progress(Progress::Installed { summary, elapsed: started.elapsed() });
+        progress(Progress::Installed {
+            summary,
+            elapsed: started.elapsed(),
+        });
         Ok(())
     }
 
     fn load_appspec(&self, path: &Path) -> Result<AppSpec, CommandFailure> {
         let text = fs::read_to_string(path).map_err(|e| {
-            CommandFailure::unknown(format!("could not read the AppSpec file {}: {e}", path.display()))
+            CommandFailure::unknown(format!(
+                "could not read the AppSpec file {}: {e}",
+                path.display()
+            ))
         })?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         appspec::parse(&text, self.settings.os)
             .map(|parsed| {
                 for w in &parsed.warnings {
@@ -351,12 +388,16 @@ impl Executor<'_> {
         let group = &spec.deployment_group_id;
         let has_archive = current.join("deployment-archive").exists();
         let read_marker = |r: io::Result<Option<PathBuf>>| {
-            r.map_err(|e| CommandFailure::unknown(format!("could not read the deployment instructions: {e}")))
+            r.map_err(|e| {
+                CommandFailure::unknown(format!("could not read the deployment instructions: {e}"))
+            })
         };
         let revision = match revision_choice(event, spec) {
             RevisionChoice::New => Some(current),
             _ if has_archive => Some(current),
-            RevisionChoice::LastSuccessfulOrIgnore => read_marker(self.root.last_successful(group))?,
+            RevisionChoice::LastSuccessfulOrIgnore => {
+                read_marker(self.root.last_successful(group))?
+            }
             RevisionChoice::MostRecentOrIgnore => read_marker(self.root.most_recent(group))?,
         };
         let Some(revision) = revision else {
@@ -394,7 +435,10 @@ impl Executor<'_> {
             return Ok(());
         };
         let started = Instant::now();
-        progress(Progress::EventStarted { event: event.to_owned(), scripts: scripts.len() });
+        progress(Progress::EventStarted {
+            event: event.to_owned(),
+            scripts: scripts.len(),
+        });
         let env = hook_env(event, spec);
         let archive_dir = revision.join("deployment-archive");
         hooks::run_event(&EventRun {
@@ -405,7 +449,10 @@ impl Executor<'_> {
             env: &env,
             options: &self.settings.hooks,
         })?;
-        progress(Progress::EventFinished { event: event.to_owned(), elapsed: started.elapsed() });
+        progress(Progress::EventFinished {
+            event: event.to_owned(),
+            elapsed: started.elapsed(),
+        });
         Ok(())
     }
 }
@@ -423,7 +470,13 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 pub fn hook_env(event: &str, spec: &DeploymentSpec) -> HookEnv {
     let mut extra = Vec::new();
     match &spec.revision {
-        Revision::S3 { bucket, key, version, etag, .. } => {
+        Revision::S3 {
+            bucket,
+            key,
+            version,
+            etag,
+            ..
+        } => {
             extra.push(("BUNDLE_BUCKET".into(), bucket.clone()));
             extra.push(("BUNDLE_KEY".into(), key.clone()));
             if let Some(v) = version {
@@ -433,7 +486,9 @@ pub fn hook_env(event: &str, spec: &DeploymentSpec) -> HookEnv {
                 extra.push(("BUNDLE_ETAG".into(), e.clone()));
             }
         }
-        Revision::GitHub { commit_id, .. } => extra.push(("BUNDLE_COMMIT".into(), commit_id.clone())),
+        Revision::GitHub { commit_id, .. } => {
+            extra.push(("BUNDLE_COMMIT".into(), commit_id.clone()))
+        }
         Revision::LocalFile { .. } | Revision::LocalDirectory { .. } => {}
     }
     HookEnv {
@@ -462,7 +517,10 @@ fn check_lifecycle_events(
     all: &[String],
     mapping: &HookMapping,
 ) -> Result<(), CommandFailure> {
-    let name = appspec_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = appspec_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut seen = BTreeSet::new();
     let hooks_and_mapping: Vec<String> = appspec
         .hooks
@@ -471,7 +529,11 @@ fn check_lifecycle_events(
         .chain(mapping.commands().cloned())
         .filter(|k| seen.insert(k.clone()))
         .collect();
-    let unknown: Vec<String> = hooks_and_mapping.iter().filter(|k| !all.contains(k)).cloned().collect();
+    let unknown: Vec<String> = hooks_and_mapping
+        .iter()
+        .filter(|k| !all.contains(k))
+        .cloned()
+        .collect();
     if !unknown.is_empty() {
         return Err(CommandFailure::unknown(format!(
             "{name} file contains unknown lifecycle events: {}",
@@ -481,7 +543,11 @@ fn check_lifecycle_events(
     let defaults = HookMapping::default_mapping();
     let custom_missing: Vec<String> = all
         .iter()
-        .filter(|e| !LifecycleEvent::DEFAULT_ORDER.iter().any(|d| d.as_str() == e.as_str()))
+        .filter(|e| {
+            !LifecycleEvent::DEFAULT_ORDER
+                .iter()
+                .any(|d| d.as_str() == e.as_str())
+        })
         .filter(|e| appspec.scripts(e).is_none() && defaults.events(e).is_none())
         .cloned()
         .collect();
@@ -500,7 +566,10 @@ mod tests {
 
     #[test]
     fn success_payload_is_exact() {
-        assert_eq!(SUCCESS_PAYLOAD, r#"{"error_code":0,"script_name":"","message":"Succeeded: ","log":""}"#);
+        assert_eq!(
+            SUCCESS_PAYLOAD,
+            r#"{"error_code":0,"script_name":"","message":"Succeeded: ","log":""}"#
+        );
         let f = CommandFailure::unknown("Unsupported command type: Foo.");
         assert_eq!(
             f.payload_json(),
@@ -510,7 +579,10 @@ mod tests {
 
     #[test]
     fn ruby_array_inspect() {
-        assert_eq!(ruby_inspect(&["Foo".into(), "Bar\"".into()]), r#"["Foo", "Bar\""]"#);
+        assert_eq!(
+            ruby_inspect(&["Foo".into(), "Bar\"".into()]),
+            r#"["Foo", "Bar\""]"#
+        );
     }
 
     #[test]
@@ -521,20 +593,51 @@ mod tests {
         .expect("spec");
         use RevisionChoice::*;
         let table = |spec: &DeploymentSpec| {
-            ["BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop", "BeforeInstall", "AfterInstall",
-             "ApplicationStart", "ValidateService", "BeforeAllowTraffic", "AfterAllowTraffic", "Custom"]
-                .map(|e| revision_choice(e, spec))
+            [
+                "BeforeBlockTraffic",
+                "AfterBlockTraffic",
+                "ApplicationStop",
+                "BeforeInstall",
+                "AfterInstall",
+                "ApplicationStart",
+                "ValidateService",
+                "BeforeAllowTraffic",
+                "AfterAllowTraffic",
+                "Custom",
+            ]
+            .map(|e| revision_choice(e, spec))
         };
         assert_eq!(
             table(&spec),
-            [LastSuccessfulOrIgnore, LastSuccessfulOrIgnore, LastSuccessfulOrIgnore, New, New, New, New, New, New, New]
+            [
+                LastSuccessfulOrIgnore,
+                LastSuccessfulOrIgnore,
+                LastSuccessfulOrIgnore,
+                New,
+                New,
+                New,
+                New,
+                New,
+                New,
+                New
+            ]
         );
         spec.deployment_type = "BLUE_GREEN".into();
         spec.deployment_creator = "codeDeployRollback".into();
         assert_eq!(
             table(&spec),
-            [MostRecentOrIgnore, MostRecentOrIgnore, LastSuccessfulOrIgnore, New, New, New, New,
-             LastSuccessfulOrIgnore, LastSuccessfulOrIgnore, New]
+            [
+                MostRecentOrIgnore,
+                MostRecentOrIgnore,
+                LastSuccessfulOrIgnore,
+                New,
+                New,
+                New,
+                New,
+                LastSuccessfulOrIgnore,
+                LastSuccessfulOrIgnore,
+                New
+            ]
         );
     }
 }

@@ -47,8 +47,9 @@ pub enum InstallError {
     NewlineInPath(PathBuf),
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
-    move |source| InstallError::Io { what, path: path.to_path_buf(), source }
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError + use<> {
+    let path = path.to_path_buf();
+    move |source| InstallError::Io { what, path, source }
 }
 
 /// What one `Install` did.
@@ -57,7 +58,6 @@ pub struct InstallSummary {
     pub removed: usize,
     pub copied: usize,
     pub directories: usize,
-    pub retained: usize,
     pub permissions: usize,
 }
 
@@ -112,7 +112,11 @@ fn remove_installed(path: &Path) -> Result<(), InstallError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err("inspect", path)(e)),
     };
-    let result = if meta.is_dir() { fs::remove_dir(path) } else { fs::remove_file(path) };
+    let result = if meta.is_dir() {
+        fs::remove_dir(path)
+    } else {
+        fs::remove_file(path)
+    };
     match result {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -124,7 +128,10 @@ fn remove_installed(path: &Path) -> Result<(), InstallError> {
 
 /// The behaviour that applies: the appspec's value wins; otherwise the deployment's (already
 /// upcased by the spec parser). An invalid deployment value only fails when a conflict needs it.
-pub fn effective_behavior(appspec: &AppSpec, deployment: &str) -> Result<FileExistsBehavior, String> {
+pub fn effective_behavior(
+    appspec: &AppSpec,
+    deployment: &str,
+) -> Result<FileExistsBehavior, String> {
     match appspec.file_exists_behavior {
         Some(b) => Ok(b),
         None => FileExistsBehavior::from_exact(deployment).ok_or_else(|| deployment.to_owned()),
@@ -153,24 +160,30 @@ pub fn resolve_conflicts(
     let mut retained = Vec::new();
     let mut instructions = Vec::with_capacity(plan.instructions.len());
     for instruction in plan.instructions {
-        if let Instruction::Copy { destination, .. } = &instruction {
-            if exists(destination) {
-                match &behavior {
-                    Ok(FileExistsBehavior::Disallow) => {
-                        return Err(InstallError::FileExists(destination.clone()));
-                    }
-                    Ok(FileExistsBehavior::Overwrite) => overwritten.push(destination.clone()),
-                    Ok(FileExistsBehavior::Retain) => {
-                        retained.push(destination.clone());
-                        continue;
-                    }
-                    Err(value) => return Err(InstallError::InvalidFileExistsBehavior(value.clone())),
+        if let Instruction::Copy { destination, .. } = &instruction
+            && exists(destination)
+        {
+            match &behavior {
+                Ok(FileExistsBehavior::Disallow) => {
+                    return Err(InstallError::FileExists(destination.clone()));
+                }
+                Ok(FileExistsBehavior::Overwrite) => overwritten.push(destination.clone()),
+                Ok(FileExistsBehavior::Retain) => {
+                    retained.push(destination.clone());
+                    continue;
+                }
+                Err(value) => {
+                    return Err(InstallError::InvalidFileExistsBehavior(value.clone()));
                 }
             }
         }
         instructions.push(instruction);
     }
-    Ok(Resolved { plan: InstallPlan { instructions }, overwritten, retained })
+    Ok(Resolved {
+        plan: InstallPlan { instructions },
+        overwritten,
+        retained,
+    })
 }
 
 /// Everything one `Install` needs.
@@ -196,10 +209,40 @@ pub fn install(req: &InstallRequest) -> Result<InstallSummary, InstallError> {
         ..InstallSummary::default()
     };
 
-    let plan = plan::build(req.appspec, req.archive_dir)?;
-    let behavior = effective_behavior(req.appspec, req.deployment_file_exists_behavior);
-    let resolved = resolve_conflicts(plan, behavior, |p| fs::symlink_metadata(p).is_ok())?;
-    summary.retained = resolved.retained.len();
+    // With a valid behaviour the plan applies it while it is built, as the AWS installer does:
+    // DISALLOW fails in order with the other plan errors, and a RETAINed file is left out of
+    // the plan, so permissions do not select it either. An invalid deployment value only
+    // fails when a conflict needs it.
+    let (plan, overwritten) =
+        match effective_behavior(req.appspec, req.deployment_file_exists_behavior) {
+            Ok(behavior) => {
+                let plan = plan::build_for_install(req.appspec, req.archive_dir, behavior)?;
+                let overwritten: Vec<PathBuf> = plan
+                    .instructions
+                    .iter()
+                    .filter_map(|i| match i {
+                        Instruction::Copy { destination, .. }
+                            if fs::symlink_metadata(destination).is_ok() =>
+                        {
+                            Some(destination.clone())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                (plan, overwritten)
+            }
+            Err(invalid) => {
+                let plan = plan::build(req.appspec, req.archive_dir)?;
+                let resolved =
+                    resolve_conflicts(plan, Err(invalid), |p| fs::symlink_metadata(p).is_ok())?;
+                (resolved.plan, resolved.overwritten)
+            }
+        };
+    let resolved = Resolved {
+        plan,
+        overwritten,
+        retained: Vec::new(),
+    };
 
     let install_json = req.root.install_json(req.group_id);
     write_atomic(&install_json, resolved.plan.to_install_json().as_bytes())
@@ -222,11 +265,17 @@ pub fn install(req: &InstallRequest) -> Result<InstallSummary, InstallError> {
         summary: &mut summary,
     };
     executor.run(&resolved.plan.instructions)?;
-    executor.cleanup.sync_all().map_err(io_err("sync", &cleanup_path))?;
+    executor
+        .cleanup
+        .sync_all()
+        .map_err(io_err("sync", &cleanup_path))?;
 
     req.root
         .set_last_successful(req.group_id, req.deployment_dir)
-        .map_err(io_err("record the last successful install in", &instructions_dir))?;
+        .map_err(io_err(
+            "record the last successful install in",
+            &instructions_dir,
+        ))?;
     Ok(summary)
 }
 
@@ -251,7 +300,9 @@ impl Execution<'_> {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line);
         buf.push(b'\n');
-        self.cleanup.write_all(&buf).map_err(io_err("write", self.cleanup_path))
+        self.cleanup
+            .write_all(&buf)
+            .map_err(io_err("write", self.cleanup_path))
     }
 
     fn run(&mut self, instructions: &[Instruction]) -> Result<(), InstallError> {
@@ -272,8 +323,9 @@ impl Execution<'_> {
                         Ok(()) => {}
                         // Made by an earlier entry of this plan or by someone else since the
                         // plan was built: then it is not ours to remove.
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists
-                            && fs::metadata(directory).is_ok_and(|m| m.is_dir()) =>
+                        Err(e)
+                            if e.kind() == io::ErrorKind::AlreadyExists
+                                && fs::metadata(directory).is_ok_and(|m| m.is_dir()) =>
                         {
                             i += 1;
                             continue;
@@ -290,8 +342,14 @@ impl Execution<'_> {
                     i += 1;
                 }
                 Instruction::Chown { owner, group, file } => {
-                    let uid = owner.as_deref().map(|o| self.ids.uid(o, file)).transpose()?;
-                    let gid = group.as_deref().map(|g| self.ids.gid(g, file)).transpose()?;
+                    let uid = owner
+                        .as_deref()
+                        .map(|o| self.ids.uid(o, file))
+                        .transpose()?;
+                    let gid = group
+                        .as_deref()
+                        .map(|g| self.ids.gid(g, file))
+                        .transpose()?;
                     permissions::chown(file, uid, gid)?;
                     self.summary.permissions += 1;
                     i += 1;
@@ -340,9 +398,13 @@ impl Execution<'_> {
                 lines.push(b'\n');
             }
         }
-        self.cleanup.write_all(&lines).map_err(io_err("write", self.cleanup_path))?;
+        self.cleanup
+            .write_all(&lines)
+            .map_err(io_err("write", self.cleanup_path))?;
 
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
         let next = AtomicUsize::new(0);
         let preserve_owner = self.preserve_owner;
         let overwritten = &self.overwritten;
@@ -352,8 +414,11 @@ impl Execution<'_> {
                     scope.spawn(|| -> Result<(), InstallError> {
                         loop {
                             let n = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(Instruction::Copy { source, destination, symlink }) =
-                                batch.get(n)
+                            let Some(Instruction::Copy {
+                                source,
+                                destination,
+                                symlink,
+                            }) = batch.get(n)
                             else {
                                 return Ok(());
                             };
@@ -365,11 +430,15 @@ impl Execution<'_> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(InstallError::Io {
-                    what: "copy (worker panicked)",
-                    path: PathBuf::new(),
-                    source: io::Error::other("copy worker panicked"),
-                })))
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(InstallError::Io {
+                            what: "copy (worker panicked)",
+                            path: PathBuf::new(),
+                            source: io::Error::other("copy worker panicked"),
+                        })
+                    })
+                })
                 .find_map(Result::err)
         });
         if let Some(e) = first_error {
@@ -397,7 +466,10 @@ fn copy_one(
                 return Err(InstallError::Io {
                     what: "overwrite",
                     path: destination.to_path_buf(),
-                    source: io::Error::new(io::ErrorKind::IsADirectory, "a directory is in the way"),
+                    source: io::Error::new(
+                        io::ErrorKind::IsADirectory,
+                        "a directory is in the way",
+                    ),
                 });
             }
             Ok(_) => fs::remove_file(destination).map_err(io_err("replace", destination))?,
@@ -434,7 +506,8 @@ fn copy_one(
     let times = fs::FileTimes::new()
         .set_accessed(meta.accessed().map_err(io_err("stat", source))?)
         .set_modified(meta.modified().map_err(io_err("stat", source))?);
-    dst.set_times(times).map_err(io_err("set times of", destination))?;
+    dst.set_times(times)
+        .map_err(io_err("set times of", destination))?;
     Ok(())
 }
 
@@ -445,7 +518,13 @@ mod tests {
     #[test]
     fn torn_last_line_is_dropped() {
         let entries = parse_cleanup(b"/a\n/b\n/c");
-        assert_eq!(entries, vec![CleanupEntry::Path("/a".into()), CleanupEntry::Path("/b".into())]);
+        assert_eq!(
+            entries,
+            vec![
+                CleanupEntry::Path("/a".into()),
+                CleanupEntry::Path("/b".into())
+            ]
+        );
         assert!(parse_cleanup(b"").is_empty());
         assert_eq!(
             parse_cleanup(b"semanage\0/srv/x\n"),

@@ -34,7 +34,10 @@ impl DeploymentRoot {
     /// `root` is kept as configured (not canonicalised): the AWS agent writes the
     /// last-successful and most-recent markers with the configured spelling.
     pub fn new(root: impl Into<PathBuf>, program_name: impl Into<String>) -> Self {
-        Self { root: root.into(), program_name: program_name.into() }
+        Self {
+            root: root.into(),
+            program_name: program_name.into(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -63,17 +66,20 @@ impl DeploymentRoot {
 
     /// `<root>/deployment-instructions/<dg>-install.json`.
     pub fn install_json(&self, group_id: &str) -> PathBuf {
-        self.instructions_dir().join(format!("{group_id}-install.json"))
+        self.instructions_dir()
+            .join(format!("{group_id}-install.json"))
     }
 
     /// `<root>/deployment-instructions/<dg>_last_successful_install`.
     pub fn last_successful_file(&self, group_id: &str) -> PathBuf {
-        self.instructions_dir().join(format!("{group_id}_last_successful_install"))
+        self.instructions_dir()
+            .join(format!("{group_id}_last_successful_install"))
     }
 
     /// `<root>/deployment-instructions/<dg>_most_recent_install`.
     pub fn most_recent_file(&self, group_id: &str) -> PathBuf {
-        self.instructions_dir().join(format!("{group_id}_most_recent_install"))
+        self.instructions_dir()
+            .join(format!("{group_id}_most_recent_install"))
     }
 
     /// `<root>/deployment-logs`.
@@ -83,7 +89,8 @@ impl DeploymentRoot {
 
     /// `<root>/deployment-logs/<program>-deployments.log`.
     pub fn deployments_log(&self) -> PathBuf {
-        self.deployment_logs_dir().join(format!("{}-deployments.log", self.program_name))
+        self.deployment_logs_dir()
+            .join(format!("{}-deployments.log", self.program_name))
     }
 
     /// `<root>/<tracking dir name>` (config `ongoing_deployment_tracking`).
@@ -179,7 +186,11 @@ fn read_marker(file: &Path) -> io::Result<Option<PathBuf>> {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             let text = text.trim();
-            if text.is_empty() { Ok(None) } else { Ok(Some(PathBuf::from(text))) }
+            if text.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(PathBuf::from(text)))
+            }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -189,9 +200,15 @@ fn read_marker(file: &Path) -> io::Result<Option<PathBuf>> {
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename over
 /// `path`, then fsync of the directory so the rename itself survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display()))
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} has no file name", path.display()),
+        )
     })?;
     let mut tmp_name = OsStr::new(".").to_os_string();
     tmp_name.push(name);
@@ -230,7 +247,10 @@ mod tests {
     fn paths_follow_the_aws_layout() {
         let root = DeploymentRoot::new("/opt/codedeploy-agent/deployment-root", "codedeploy-agent");
         let r = "/opt/codedeploy-agent/deployment-root";
-        assert_eq!(root.deployment_dir("dg", "d-1"), PathBuf::from(format!("{r}/dg/d-1")));
+        assert_eq!(
+            root.deployment_dir("dg", "d-1"),
+            PathBuf::from(format!("{r}/dg/d-1"))
+        );
         assert_eq!(
             root.cleanup_file("dg"),
             PathBuf::from(format!("{r}/deployment-instructions/dg-cleanup"))
@@ -241,15 +261,21 @@ mod tests {
         );
         assert_eq!(
             root.last_successful_file("dg"),
-            PathBuf::from(format!("{r}/deployment-instructions/dg_last_successful_install"))
+            PathBuf::from(format!(
+                "{r}/deployment-instructions/dg_last_successful_install"
+            ))
         );
         assert_eq!(
             root.most_recent_file("dg"),
-            PathBuf::from(format!("{r}/deployment-instructions/dg_most_recent_install"))
+            PathBuf::from(format!(
+                "{r}/deployment-instructions/dg_most_recent_install"
+            ))
         );
         assert_eq!(
             root.deployments_log(),
-            PathBuf::from(format!("{r}/deployment-logs/codedeploy-agent-deployments.log"))
+            PathBuf::from(format!(
+                "{r}/deployment-logs/codedeploy-agent-deployments.log"
+            ))
         );
     }
 
@@ -276,7 +302,10 @@ mod tests {
             let dir = root.deployment_dir("dg", id);
             fs::create_dir_all(dir.join("deployment-archive")).expect("mkdir");
             let t = base + Duration::from_secs(10 * i as u64);
-            File::open(&dir).expect("open").set_modified(t).expect("mtime");
+            File::open(&dir)
+                .expect("open")
+                .set_modified(t)
+                .expect("mtime");
         }
     }
 
@@ -285,10 +314,17 @@ mod tests {
         let (_tmp, root) = root();
         make_deployments(&root, &["d1", "d2", "d3", "d4"]);
         // d1 is the last successful one: it must survive even though it is the oldest.
-        root.set_last_successful("dg", &root.deployment_dir("dg", "d1")).expect("marker");
+        root.set_last_successful("dg", &root.deployment_dir("dg", "d1"))
+            .expect("marker");
         let removed = root.prune("dg", "d4", 2).expect("prune");
         // Candidates d1..d3, surplus 3 - 2 + 1 = 2; d1 is set aside; d2 and d3 go.
-        assert_eq!(removed, vec![root.deployment_dir("dg", "d2"), root.deployment_dir("dg", "d3")]);
+        assert_eq!(
+            removed,
+            vec![
+                root.deployment_dir("dg", "d2"),
+                root.deployment_dir("dg", "d3")
+            ]
+        );
         assert!(root.deployment_dir("dg", "d1").exists());
         assert!(root.deployment_dir("dg", "d4").exists());
     }

@@ -1,7 +1,9 @@
 //! The deployment engine. It never opens a network connection: it turns a spec, a bundle on
 //! disk and an appspec into files, permissions and hook runs under the deployment root.
 
+pub mod executor;
 pub mod hooks;
+pub mod install;
 pub mod layout;
 pub mod permissions;
 pub mod plan;

@@ -61,7 +61,10 @@ impl IdCache {
             .users
             .entry(name.to_owned())
             .or_insert_with(|| User::from_name(name).ok().flatten().map(|u| u.uid));
-        found.ok_or_else(|| PermissionError::UnknownUser { user: name.into(), path: path.into() })
+        found.ok_or_else(|| PermissionError::UnknownUser {
+            user: name.into(),
+            path: path.into(),
+        })
     }
 
     pub fn gid(&mut self, name: &str, path: &Path) -> Result<Gid, PermissionError> {
@@ -69,7 +72,10 @@ impl IdCache {
             .groups
             .entry(name.to_owned())
             .or_insert_with(|| Group::from_name(name).ok().flatten().map(|g| g.gid));
-        found.ok_or_else(|| PermissionError::UnknownGroup { group: name.into(), path: path.into() })
+        found.ok_or_else(|| PermissionError::UnknownGroup {
+            group: name.into(),
+            path: path.into(),
+        })
     }
 }
 
@@ -84,7 +90,11 @@ fn cpath(path: &Path) -> Result<CString, PermissionError> {
 fn is_symlink(path: &Path) -> Result<bool, PermissionError> {
     std::fs::symlink_metadata(path)
         .map(|m| m.file_type().is_symlink())
-        .map_err(|source| PermissionError::Syscall { what: "stat", path: path.into(), source })
+        .map_err(|source| PermissionError::Syscall {
+            what: "stat",
+            path: path.into(),
+            source,
+        })
 }
 
 /// Sets the mode of `path`. Symlinks have no mode of their own on Linux and are skipped rather
@@ -218,7 +228,13 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), PermissionErro
     let n = CString::new(name).expect("xattr names are static and NUL-free");
     // SAFETY: valid NUL-terminated path and name; `value` is a live slice of the given length.
     let rc = unsafe {
-        libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     };
     if rc != 0 {
         let source = io::Error::last_os_error();
@@ -235,12 +251,19 @@ pub fn set_acl(path: &Path, acl: &[AclEntry], ids: &mut IdCache) -> Result<(), P
     if is_symlink(path)? {
         return Ok(());
     }
-    let meta = std::fs::metadata(path)
-        .map_err(|source| PermissionError::Syscall { what: "stat", path: path.into(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| PermissionError::Syscall {
+        what: "stat",
+        path: path.into(),
+        source,
+    })?;
     let full = complete_acl(acl, meta.mode());
     let access: Vec<&AclEntry> = full.iter().filter(|e| !e.default).collect();
     let default: Vec<&AclEntry> = full.iter().filter(|e| e.default).collect();
-    set_xattr(path, "system.posix_acl_access", &encode_acl(&access, ids, path)?)?;
+    set_xattr(
+        path,
+        "system.posix_acl_access",
+        &encode_acl(&access, ids, path)?,
+    )?;
     if !default.is_empty() {
         if !meta.is_dir() {
             return Err(PermissionError::Acl {
@@ -248,23 +271,36 @@ pub fn set_acl(path: &Path, acl: &[AclEntry], ids: &mut IdCache) -> Result<(), P
                 reason: "Default ACL entries can only be set on directories.".into(),
             });
         }
-        set_xattr(path, "system.posix_acl_default", &encode_acl(&default, ids, path)?)?;
+        set_xattr(
+            path,
+            "system.posix_acl_default",
+            &encode_acl(&default, ids, path)?,
+        )?;
     }
     Ok(())
 }
 
 /// Decodes an ACL xattr back to canonical entries (for tests and `plan`).
 pub fn read_acl(path: &Path, default: bool) -> io::Result<Vec<String>> {
-    let name = if default { "system.posix_acl_default" } else { "system.posix_acl_access" };
+    let name = if default {
+        "system.posix_acl_default"
+    } else {
+        "system.posix_acl_access"
+    };
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let n = CString::new(name).expect("static name");
     let mut buf = vec![0u8; 4096];
     // SAFETY: valid NUL-terminated strings; `buf` is writable for its length.
-    let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len =
+        unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if len < 0 {
         let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENODATA) { Ok(Vec::new()) } else { Err(e) };
+        return if e.raw_os_error() == Some(libc::ENODATA) {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        };
     }
     buf.truncate(len as usize);
     let mut out = Vec::new();
@@ -274,9 +310,21 @@ pub fn read_acl(path: &Path, default: bool) -> io::Result<Vec<String>> {
         let id = u32::from_le_bytes([item[4], item[5], item[6], item[7]]);
         let (kind, name) = match tag {
             ACL_USER_OBJ => ("user", String::new()),
-            ACL_USER => ("user", User::from_uid(Uid::from_raw(id)).ok().flatten().map_or(id.to_string(), |u| u.name)),
+            ACL_USER => (
+                "user",
+                User::from_uid(Uid::from_raw(id))
+                    .ok()
+                    .flatten()
+                    .map_or(id.to_string(), |u| u.name),
+            ),
             ACL_GROUP_OBJ => ("group", String::new()),
-            ACL_GROUP => ("group", Group::from_gid(Gid::from_raw(id)).ok().flatten().map_or(id.to_string(), |g| g.name)),
+            ACL_GROUP => (
+                "group",
+                Group::from_gid(Gid::from_raw(id))
+                    .ok()
+                    .flatten()
+                    .map_or(id.to_string(), |g| g.name),
+            ),
             ACL_MASK => ("mask", String::new()),
             _ => ("other", String::new()),
         };
@@ -298,12 +346,18 @@ pub fn read_acl(path: &Path, default: bool) -> io::Result<Vec<String>> {
 
 /// Applies one SELinux context to many paths with one `semanage import` and one `restorecon`.
 /// Returns the real paths the policy now covers (for the cleanup file).
-pub fn set_context(context: &SeContext, paths: &[PathBuf]) -> Result<Vec<PathBuf>, PermissionError> {
+pub fn set_context(
+    context: &SeContext,
+    paths: &[PathBuf],
+) -> Result<Vec<PathBuf>, PermissionError> {
     let mut real = Vec::with_capacity(paths.len());
     let mut script = String::new();
     for p in paths {
-        let rp = std::fs::canonicalize(p)
-            .map_err(|source| PermissionError::Syscall { what: "resolve", path: p.clone(), source })?;
+        let rp = std::fs::canonicalize(p).map_err(|source| PermissionError::Syscall {
+            what: "resolve",
+            path: p.clone(),
+            source,
+        })?;
         script.push_str("fcontext -a");
         if let Some(user) = &context.user {
             script.push_str(&format!(" -s {user}"));
@@ -344,15 +398,22 @@ fn run_with_stdin(program: &str, args: &[&str], input: &str) -> Result<(), Permi
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| PermissionError::Context { command: command.clone(), status: e.to_string() })?;
+        .map_err(|e| PermissionError::Context {
+            command: command.clone(),
+            status: e.to_string(),
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input.as_bytes());
     }
-    let status = child
-        .wait()
-        .map_err(|e| PermissionError::Context { command: command.clone(), status: e.to_string() })?;
+    let status = child.wait().map_err(|e| PermissionError::Context {
+        command: command.clone(),
+        status: e.to_string(),
+    })?;
     if !status.success() {
-        return Err(PermissionError::Context { command, status: status.to_string() });
+        return Err(PermissionError::Context {
+            command,
+            status: status.to_string(),
+        });
     }
     Ok(())
 }
@@ -373,8 +434,14 @@ mod tests {
         };
         let name = parts.next().unwrap_or("").to_owned();
         let p = parts.next().unwrap_or("---").as_bytes();
-        let perm = (u8::from(p[0] == b'r') << 2) | (u8::from(p[1] == b'w') << 1) | u8::from(p[2] == b'x');
-        AclEntry { default, kind, name, perm }
+        let perm =
+            (u8::from(p[0] == b'r') << 2) | (u8::from(p[1] == b'w') << 1) | u8::from(p[2] == b'x');
+        AclEntry {
+            default,
+            kind,
+            name,
+            perm,
+        }
     }
 
     fn strings(v: &[AclEntry]) -> Vec<String> {
@@ -386,7 +453,13 @@ mod tests {
         let full = complete_acl(&[ace("user:root:rw-")], 0o640);
         assert_eq!(
             strings(&full),
-            ["user:root:rw-", "user::rw-", "group::r--", "other::---", "mask::r--"]
+            [
+                "user:root:rw-",
+                "user::rw-",
+                "group::r--",
+                "other::---",
+                "mask::r--"
+            ]
         );
         let full = complete_acl(&[ace("default:group:root:r-x")], 0o755);
         assert_eq!(
@@ -410,15 +483,29 @@ mod tests {
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").expect("write");
         chmod(&file, 0o640).expect("chmod");
-        assert_eq!(std::fs::metadata(&file).expect("meta").mode() & 0o7777, 0o640);
+        assert_eq!(
+            std::fs::metadata(&file).expect("meta").mode() & 0o7777,
+            0o640
+        );
         let mut ids = IdCache::default();
         match set_acl(&file, &[ace("user:root:rw-")], &mut ids) {
             Ok(()) => {
                 let acl = read_acl(&file, false).expect("read");
-                assert_eq!(acl, ["user::rw-", "user:root:rw-", "group::r--", "mask::r--", "other::---"]);
+                assert_eq!(
+                    acl,
+                    [
+                        "user::rw-",
+                        "user:root:rw-",
+                        "group::r--",
+                        "mask::r--",
+                        "other::---"
+                    ]
+                );
             }
             // tmpfs without ACL support, or a kernel without it: nothing to check here.
-            Err(PermissionError::Acl { reason, .. }) if reason.contains("Operation not supported") => {
+            Err(PermissionError::Acl { reason, .. })
+                if reason.contains("Operation not supported") =>
+            {
                 eprintln!("skipped: file system has no POSIX ACL support");
             }
             Err(e) => panic!("{e}"),
@@ -428,7 +515,9 @@ mod tests {
     #[test]
     fn unknown_owner_is_a_clear_error() {
         let mut ids = IdCache::default();
-        let err = ids.uid("no-such-user-xyz", Path::new("/srv/a")).expect_err("unknown");
+        let err = ids
+            .uid("no-such-user-xyz", Path::new("/srv/a"))
+            .expect_err("unknown");
         assert!(err.to_string().contains("no-such-user-xyz"), "{err}");
     }
 
@@ -441,6 +530,9 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
         chmod(&link, 0o777).expect("chmod link");
-        assert_eq!(std::fs::metadata(&target).expect("meta").mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&target).expect("meta").mode() & 0o777,
+            0o600
+        );
     }
 }

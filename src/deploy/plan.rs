@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use crate::appspec::{AclEntry, AppSpec, FileExistsBehavior, Mode, SeContext};
 
 pub use error::{PlanError, Problem, ProblemKind};
+pub use files::DiskView;
 
 /// One step of an install, in the order it must run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +76,7 @@ pub struct InstallPlan {
 /// Every problem is collected; the error displays the one the AWS agent would have raised
 /// first, when it raises one at all.
 pub fn build(spec: &AppSpec, archive_dir: &Path) -> Result<InstallPlan, PlanError> {
-    plan(spec, archive_dir, None)
+    plan(spec, archive_dir, None, &DiskView::real())
 }
 
 /// [`build`], plus the AWS agent's generation-time `file_exists_behavior` (agent-behaviour.md
@@ -91,13 +92,26 @@ pub fn build_for_install(
     deployment_behavior: FileExistsBehavior,
 ) -> Result<InstallPlan, PlanError> {
     let behavior = spec.file_exists_behavior.unwrap_or(deployment_behavior);
-    plan(spec, archive_dir, Some(behavior))
+    plan(spec, archive_dir, Some(behavior), &DiskView::real())
+}
+
+/// [`build_for_install`] against a view of the disk: `plan` previews an install as if the
+/// previous install of the group had already been cleaned up.
+pub fn build_with_view(
+    spec: &AppSpec,
+    archive_dir: &Path,
+    deployment_behavior: Option<FileExistsBehavior>,
+    view: &DiskView,
+) -> Result<InstallPlan, PlanError> {
+    let behavior = deployment_behavior.map(|b| spec.file_exists_behavior.unwrap_or(b));
+    plan(spec, archive_dir, behavior, view)
 }
 
 fn plan(
     spec: &AppSpec,
     archive_dir: &Path,
     existing: Option<FileExistsBehavior>,
+    view: &DiskView,
 ) -> Result<InstallPlan, PlanError> {
     let bundle = match bundle::Bundle::open(archive_dir) {
         Ok(bundle) => bundle,
@@ -108,7 +122,7 @@ fn plan(
             }));
         }
     };
-    let mut files = files::Files::plan(&bundle, &spec.files, existing);
+    let mut files = files::Files::plan(&bundle, &spec.files, existing, view);
     let mut problems = std::mem::take(&mut files.problems);
     let index = index::Index::new(&files);
     check_symlink_traversal(&index, spec, &mut problems);

@@ -20,14 +20,19 @@ impl Fetch for LocalFetcher {
         archive_dir: &Path,
     ) -> Result<Fetched, FetchError> {
         match revision {
-            Revision::LocalFile { location, bundle_type } => {
+            Revision::LocalFile {
+                location,
+                bundle_type,
+            } => {
                 let _ = fs::remove_file(bundle_file);
                 symlink(location, bundle_file).map_err(|source| FetchError::Io {
                     what: "link the bundle",
                     path: bundle_file.to_path_buf(),
                     source,
                 })?;
-                Ok(Fetched::Archive { bundle_type: bundle_type.clone() })
+                Ok(Fetched::Archive {
+                    bundle_type: bundle_type.clone(),
+                })
             }
             Revision::LocalDirectory { location, .. } => {
                 copy_tree(Path::new(location), archive_dir)?;
@@ -52,7 +57,10 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), FetchError> {
     };
     let meta = fs::symlink_metadata(from).map_err(io("read", from))?;
     if !meta.is_dir() {
-        return Err(FetchError::Other(format!("{} is not a directory", from.display())));
+        return Err(FetchError::Other(format!(
+            "{} is not a directory",
+            from.display()
+        )));
     }
     fs::create_dir(to).map_err(io("create", to))?;
     let mut stack = vec![(from.to_path_buf(), to.to_path_buf())];
@@ -84,7 +92,8 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), FetchError> {
         }
     }
     for (dir, mode) in dir_modes.iter().rev() {
-        fs::set_permissions(dir, fs::Permissions::from_mode(*mode)).map_err(io("set mode of", dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
+            .map_err(io("set mode of", dir))?;
     }
     Ok(())
 }
@@ -99,11 +108,24 @@ mod tests {
         let src = tmp.path().join("src");
         fs::create_dir_all(src.join("scripts")).expect("mkdir");
         fs::write(src.join("scripts/run.sh"), b"#!/bin/sh\n").expect("write");
-        fs::set_permissions(src.join("scripts/run.sh"), fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(
+            src.join("scripts/run.sh"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
         symlink("/etc/passwd", src.join("link")).expect("symlink");
         let dst = tmp.path().join("dst");
         copy_tree(&src, &dst).expect("copy");
-        assert_eq!(fs::metadata(dst.join("scripts/run.sh")).expect("meta").mode() & 0o777, 0o755);
-        assert_eq!(fs::read_link(dst.join("link")).expect("link"), Path::new("/etc/passwd"));
+        assert_eq!(
+            fs::metadata(dst.join("scripts/run.sh"))
+                .expect("meta")
+                .mode()
+                & 0o777,
+            0o755
+        );
+        assert_eq!(
+            fs::read_link(dst.join("link")).expect("link"),
+            Path::new("/etc/passwd")
+        );
     }
 }

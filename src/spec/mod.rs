@@ -16,7 +16,9 @@ pub struct SpecError {
 
 impl SpecError {
     fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into() }
+        Self {
+            message: message.into(),
+        }
     }
 }
 
@@ -38,9 +40,15 @@ pub enum Revision {
         bundle_type: Option<String>,
     },
     /// `Local File`: an archive on this machine.
-    LocalFile { location: String, bundle_type: String },
+    LocalFile {
+        location: String,
+        bundle_type: String,
+    },
     /// `Local Directory`: a bundle directory on this machine.
-    LocalDirectory { location: String, bundle_type: String },
+    LocalDirectory {
+        location: String,
+        bundle_type: String,
+    },
 }
 
 /// The parsed fields of a deployment specification (§3.3).
@@ -74,10 +82,14 @@ impl DeploymentSpec {
     /// Parses the JSON document of a spec, applying the checks of §3.3 in the AWS order.
     pub fn from_json(text: &str) -> Result<Self, SpecError> {
         let value: Value = serde_json::from_str(text).map_err(|e| {
-            SpecError::new(format!("The deployment specification is not valid JSON: {e}"))
+            SpecError::new(format!(
+                "The deployment specification is not valid JSON: {e}"
+            ))
         })?;
         let Value::Object(data) = value else {
-            return Err(SpecError::new("The deployment specification is not a JSON object"));
+            return Err(SpecError::new(
+                "The deployment specification is not a JSON object",
+            ));
         };
         Self::from_map(&data)
     }
@@ -86,13 +98,22 @@ impl DeploymentSpec {
         let deployment_id = required(data, "DeploymentId", "Deployment Spec has no DeploymentId")?;
         let deployment_id = normalise_deployment_id(&deployment_id);
         check_dir_name("DeploymentId", &deployment_id)?;
-        let deployment_group_id =
-            required(data, "DeploymentGroupId", "Deployment Spec has no DeploymentGroupId")?;
+        let deployment_group_id = required(
+            data,
+            "DeploymentGroupId",
+            "Deployment Spec has no DeploymentGroupId",
+        )?;
         check_dir_name("DeploymentGroupId", &deployment_group_id)?;
-        let deployment_group_name =
-            required(data, "DeploymentGroupName", "Deployment Spec has no DeploymentGroupName")?;
-        let application_name =
-            required(data, "ApplicationName", "Deployment Spec has no ApplicationName")?;
+        let deployment_group_name = required(
+            data,
+            "DeploymentGroupName",
+            "Deployment Spec has no DeploymentGroupName",
+        )?;
+        let application_name = required(
+            data,
+            "ApplicationName",
+            "Deployment Spec has no ApplicationName",
+        )?;
         let deployment_creator = optional(data, "DeploymentCreator")?.unwrap_or("user".into());
         let deployment_type = optional(data, "DeploymentType")?.unwrap_or("IN_PLACE".into());
         let app_spec_filename =
@@ -125,13 +146,15 @@ impl DeploymentSpec {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
             Some(_) => {
-                return Err(SpecError::new("AllPossibleLifecycleEvents must be a list of strings"));
+                return Err(SpecError::new(
+                    "AllPossibleLifecycleEvents must be a list of strings",
+                ));
             }
         };
 
         let github_access_token = optional(data, "GitHubAccessToken")?;
-        let reuse_archive_from_deployment_id = optional(data, "ReuseArchiveFromDeploymentId")?
-            .map(|id| normalise_deployment_id(&id));
+        let reuse_archive_from_deployment_id =
+            optional(data, "ReuseArchiveFromDeploymentId")?.map(|id| normalise_deployment_id(&id));
         if let Some(id) = &reuse_archive_from_deployment_id {
             check_dir_name("ReuseArchiveFromDeploymentId", id)?;
         }
@@ -221,7 +244,9 @@ fn as_text(field: &str, v: &Value) -> Result<String, SpecError> {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(b.to_string()),
-        _ => Err(SpecError::new(format!("Deployment Spec field {field} must be a string"))),
+        _ => Err(SpecError::new(format!(
+            "Deployment Spec field {field} must be a string"
+        ))),
     }
 }
 
@@ -261,7 +286,9 @@ fn parse_revision(revision: &Value) -> Result<Revision, SpecError> {
             }
             let bundle_type = as_text("BundleType", &s3["BundleType"])?;
             if !["tar", "tgz", "zip"].contains(&bundle_type.as_str()) {
-                return Err(SpecError::new("BundleType in S3Revision must be tar, tgz or zip"));
+                return Err(SpecError::new(
+                    "BundleType in S3Revision must be tar, tgz or zip",
+                ));
             }
             Ok(Revision::S3 {
                 bucket: as_text("Bucket", &s3["Bucket"])?,
@@ -276,7 +303,9 @@ fn parse_revision(revision: &Value) -> Result<Revision, SpecError> {
                        CommitId";
             let gh = sub("GitHubRevision").ok_or_else(|| SpecError::new(msg))?;
             let has = |k: &str| gh.get(k).is_some_and(|v| !v.is_null());
-            let anonymous_false = gh.get("Anonymous").is_some_and(|v| v == &Value::Bool(false));
+            let anonymous_false = gh
+                .get("Anonymous")
+                .is_some_and(|v| v == &Value::Bool(false));
             if !(has("Account") && has("Repository") && has("CommitId"))
                 || (anonymous_false && !has("OAuthToken"))
             {
@@ -304,9 +333,15 @@ fn parse_revision(revision: &Value) -> Result<Revision, SpecError> {
                 ));
             }
             if kind == "Local File" {
-                Ok(Revision::LocalFile { location, bundle_type })
+                Ok(Revision::LocalFile {
+                    location,
+                    bundle_type,
+                })
             } else {
-                Ok(Revision::LocalDirectory { location, bundle_type })
+                Ok(Revision::LocalDirectory {
+                    location,
+                    bundle_type,
+                })
             }
         }
         _ => Err(SpecError::new(
@@ -356,8 +391,14 @@ mod tests {
     fn required_fields_in_aws_order() {
         for (field, message) in [
             ("DeploymentId", "Deployment Spec has no DeploymentId"),
-            ("DeploymentGroupId", "Deployment Spec has no DeploymentGroupId"),
-            ("DeploymentGroupName", "Deployment Spec has no DeploymentGroupName"),
+            (
+                "DeploymentGroupId",
+                "Deployment Spec has no DeploymentGroupId",
+            ),
+            (
+                "DeploymentGroupName",
+                "Deployment Spec has no DeploymentGroupName",
+            ),
             ("ApplicationName", "Deployment Spec has no ApplicationName"),
             ("Revision", "Must specify a revison"),
         ] {
@@ -378,8 +419,15 @@ mod tests {
         let mut v = base();
         v["DeploymentId"] = json!("arn:aws:codedeploy:us-east-1:1:deployment/d-XYZ");
         assert_eq!(parse(&v).expect("valid").deployment_id, "d-XYZ");
-        v["ReuseArchiveFromDeploymentId"] = json!("arn:aws:codedeploy:us-east-1:1:deployment/d-OLD");
-        assert_eq!(parse(&v).expect("valid").reuse_archive_from_deployment_id.as_deref(), Some("d-OLD"));
+        v["ReuseArchiveFromDeploymentId"] =
+            json!("arn:aws:codedeploy:us-east-1:1:deployment/d-OLD");
+        assert_eq!(
+            parse(&v)
+                .expect("valid")
+                .reuse_archive_from_deployment_id
+                .as_deref(),
+            Some("d-OLD")
+        );
     }
 
     #[test]
@@ -387,7 +435,10 @@ mod tests {
         for bad in ["..", "a/b", "."] {
             let mut v = base();
             v["DeploymentGroupId"] = json!(bad);
-            assert!(err(&v).contains("cannot be used as a directory name"), "{bad}");
+            assert!(
+                err(&v).contains("cannot be used as a directory name"),
+                "{bad}"
+            );
         }
     }
 
@@ -402,7 +453,10 @@ mod tests {
             "Exactly one of S3Revision, GitHubRevision, or LocalRevision must be specified"
         );
         v["Revision"] = json!({"RevisionType": "S3", "S3Revision": {"Bucket": "b", "Key": "k"}});
-        assert_eq!(err(&v), "S3Revision in Deployment Spec must specify Bucket, Key and BundleType");
+        assert_eq!(
+            err(&v),
+            "S3Revision in Deployment Spec must specify Bucket, Key and BundleType"
+        );
         v["Revision"] = json!({"RevisionType": "S3", "S3Revision": {"Bucket": "b", "Key": "k", "BundleType": "rar"}});
         assert_eq!(err(&v), "BundleType in S3Revision must be tar, tgz or zip");
         v["Revision"] = json!({"RevisionType": "GitHub", "GitHubRevision": {"Account": "a", "Repository": "r"}});
@@ -416,9 +470,15 @@ mod tests {
             "GitHubRevision in Deployment Spec must specify Account, Repository and CommitId"
         );
         v["Revision"] = json!({"RevisionType": "Local File", "LocalRevision": {"Location": "/x"}});
-        assert_eq!(err(&v), "LocalRevision in Deployment Spec must specify Location and BundleType");
+        assert_eq!(
+            err(&v),
+            "LocalRevision in Deployment Spec must specify Location and BundleType"
+        );
         v["Revision"] = json!({"RevisionType": "Local Directory", "LocalRevision": {"Location": "/x", "BundleType": "rar"}});
-        assert_eq!(err(&v), "BundleType in LocalRevision must be tar, tgz, zip, or directory");
+        assert_eq!(
+            err(&v),
+            "BundleType in LocalRevision must be tar, tgz, zip, or directory"
+        );
     }
 
     #[test]
@@ -433,15 +493,21 @@ mod tests {
         let payload = base().to_string();
         assert!(parse_envelope(Some("TEXT/JSON"), &payload, true).is_ok());
         assert_eq!(
-            parse_envelope(Some("TEXT/JSON"), &payload, false).expect_err("daemon").message,
+            parse_envelope(Some("TEXT/JSON"), &payload, false)
+                .expect_err("daemon")
+                .message,
             "Unsupported DeploymentSpecification format: TEXT/JSON"
         );
         assert_eq!(
-            parse_envelope(Some("XML"), &payload, true).expect_err("xml").message,
+            parse_envelope(Some("XML"), &payload, true)
+                .expect_err("xml")
+                .message,
             "Unsupported DeploymentSpecification format: XML"
         );
         assert_eq!(
-            parse_envelope(None, &payload, true).expect_err("nil").message,
+            parse_envelope(None, &payload, true)
+                .expect_err("nil")
+                .message,
             "Unsupported DeploymentSpecification format: "
         );
     }

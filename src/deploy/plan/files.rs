@@ -38,6 +38,8 @@ pub(super) struct Files<'a> {
     mappings: &'a [FileMapping],
     /// `None`: every file is copied, whatever is on disk (the installer decides later).
     existing: Option<FileExistsBehavior>,
+    /// What is on disk (the real file system, or a preview of it after a cleanup).
+    pub view: &'a DiskView,
     pub instructions: Vec<Instruction>,
     /// Keyed by normalised absolute destination.
     pub copies: HashMap<PathBuf, CopyTarget>,
@@ -52,11 +54,13 @@ impl<'a> Files<'a> {
         bundle: &'a Bundle,
         mappings: &'a [FileMapping],
         existing: Option<FileExistsBehavior>,
+        view: &'a DiskView,
     ) -> Files<'a> {
         let mut files = Files {
             bundle,
             mappings,
             existing,
+            view,
             instructions: Vec::new(),
             copies: HashMap::new(),
             mkdirs: HashMap::new(),
@@ -106,7 +110,7 @@ impl<'a> Files<'a> {
         while let Some((rel, destination, kind)) = stack.pop() {
             match kind {
                 EntryKind::Directory => {
-                    if !is_directory_on_disk(&destination) {
+                    if !self.view.is_dir(&destination) {
                         self.mkdir(destination.clone(), mapping);
                     }
                     match self.bundle.list(&rel) {
@@ -142,7 +146,7 @@ impl<'a> Files<'a> {
         let mut missing: Vec<&Path> = path
             .ancestors()
             .skip(1)
-            .take_while(|p| p.parent().is_some() && fs::metadata(p).is_err())
+            .take_while(|p| p.parent().is_some() && !self.view.exists(p))
             .collect();
         missing.reverse();
         for directory in missing {
@@ -161,7 +165,7 @@ impl<'a> Files<'a> {
         mapping: usize,
     ) {
         if let Some(behavior) = self.existing
-            && fs::symlink_metadata(&destination).is_ok()
+            && self.view.lexists(&destination)
         {
             match behavior {
                 FileExistsBehavior::Disallow => {
@@ -241,7 +245,40 @@ impl<'a> Files<'a> {
     }
 }
 
-/// Ruby's `File.directory?`: follows symlinks; errors count as "no".
-pub(super) fn is_directory_on_disk(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_dir())
+/// The file system as the plan sees it: the real one, minus paths a preview treats as already
+/// removed (the previous install's files, which Install deletes before it plans).
+#[derive(Debug, Default, Clone)]
+pub struct DiskView {
+    absent: std::collections::HashSet<PathBuf>,
+}
+
+impl DiskView {
+    /// The real file system.
+    pub fn real() -> Self {
+        Self::default()
+    }
+
+    /// The real file system without `absent` (and everything under those paths).
+    pub fn without(absent: std::collections::HashSet<PathBuf>) -> Self {
+        Self { absent }
+    }
+
+    fn gone(&self, path: &Path) -> bool {
+        !self.absent.is_empty() && path.ancestors().any(|p| self.absent.contains(p))
+    }
+
+    /// Ruby's `File.exist?` (follows symlinks).
+    pub fn exists(&self, path: &Path) -> bool {
+        !self.gone(path) && fs::metadata(path).is_ok()
+    }
+
+    /// Exists without following a final symlink: a dangling link counts.
+    pub fn lexists(&self, path: &Path) -> bool {
+        !self.gone(path) && fs::symlink_metadata(path).is_ok()
+    }
+
+    /// Ruby's `File.directory?`: follows symlinks; errors count as "no".
+    pub fn is_dir(&self, path: &Path) -> bool {
+        !self.gone(path) && fs::metadata(path).is_ok_and(|m| m.is_dir())
+    }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::Instruction;
 use super::error::{Problem, ProblemKind};
-use super::files::{Files, is_directory_on_disk};
+use super::files::Files;
 use super::index::{Index, Target, TargetKind};
 use super::paths::{dir_prefix, expand};
 use crate::appspec::pattern::Pattern;
@@ -89,7 +89,7 @@ impl Planner<'_> {
                 return self.problem(ProblemKind::DefaultAclOnFile { file: object }, permission);
             }
             self.set(object, permission);
-        } else if files.mkdirs.contains_key(&object) || is_directory_on_disk(&object) {
+        } else if files.mkdirs.contains_key(&object) || files.view.is_dir(&object) {
             let matches = find_matches(permission, &object, index);
             if has_default_acl(permission)
                 && let Some(file) = matches.iter().find(|t| t.kind == TargetKind::Copy)
