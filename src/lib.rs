@@ -6,6 +6,8 @@
 pub mod appspec;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod deploy;
 pub mod local;
 pub mod preview;
