@@ -81,10 +81,10 @@ impl Tracker {
     /// Forgets a command whose final report the service accepted.
     pub fn accepted(&self, deployment_id: &str) {
         let _ = fs::remove_file(self.result_file(deployment_id));
-        if let Err(e) = fs::remove_file(self.file(deployment_id)) {
-            if e.kind() == io::ErrorKind::NotFound {
-                tracing::warn!(deployment_id, "the tracking file does not exist");
-            }
+        if let Err(e) = fs::remove_file(self.file(deployment_id))
+            && e.kind() == io::ErrorKind::NotFound
+        {
+            tracing::warn!(deployment_id, "the tracking file does not exist");
         }
     }
 
@@ -132,7 +132,7 @@ impl Tracker {
                 modified,
             });
         }
-        owed.sort_by(|a, b| b.modified.cmp(&a.modified));
+        owed.sort_by_key(|o| std::cmp::Reverse(o.modified));
         Ok(owed)
     }
 }
