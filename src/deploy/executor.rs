@@ -135,6 +135,7 @@ impl EngineSettings {
                 deployments_log: config
                     .enable_deployments_log
                     .then(|| root.deployments_log()),
+                running: None,
             },
             os: Os::Linux,
         }

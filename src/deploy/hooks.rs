@@ -152,6 +152,56 @@ pub struct HookOptions {
     /// The deployments log (`<root_dir>/deployment-logs/codedeploy-agent-deployments.log`),
     /// when enabled.
     pub deployments_log: Option<PathBuf>,
+    /// Where running scripts register their process groups, so the daemon can stop them when
+    /// a shutdown is escalated.
+    pub running: Option<std::sync::Arc<RunningHooks>>,
+}
+
+/// The process groups of hook scripts running right now.
+#[derive(Debug, Default)]
+pub struct RunningHooks {
+    groups: std::sync::Mutex<std::collections::HashSet<i32>>,
+}
+
+impl PartialEq for RunningHooks {
+    /// Registries are compared by identity: two options share one only if it is the same.
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for RunningHooks {}
+
+impl RunningHooks {
+    fn groups(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i32>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, pgid: i32) {
+        self.groups().insert(pgid);
+    }
+
+    fn remove(&self, pgid: i32) {
+        self.groups().remove(&pgid);
+    }
+
+    /// How many scripts are running.
+    pub fn len(&self) -> usize {
+        self.groups().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends `signal` to every running script's process group; returns how many were sent.
+    pub fn signal_all(&self, signal: nix::sys::signal::Signal) -> usize {
+        let groups: Vec<i32> = self.groups().iter().copied().collect();
+        groups
+            .into_iter()
+            .filter(|&g| nix::sys::signal::killpg(nix::unistd::Pid::from_raw(g), signal).is_ok())
+            .count()
+    }
 }
 
 impl Default for HookOptions {
@@ -160,6 +210,7 @@ impl Default for HookOptions {
             kill_grace: Duration::from_secs(5),
             wait_for_inherited_output: false,
             deployments_log: None,
+            running: None,
         }
     }
 }
@@ -403,6 +454,7 @@ fn run_script(
             run.options.kill_grace,
             log,
             location,
+            run.options.running.as_deref(),
         ) {
             Ok(outcome) => break outcome,
             // A script without a `#!` line: run it with /bin/sh, as execvp and Ruby do.

@@ -68,6 +68,7 @@ pub(crate) fn run(
     kill_grace: Duration,
     log: &mut EventLog,
     location: &str,
+    running: Option<&super::RunningHooks>,
 ) -> io::Result<Outcome> {
     let mut readers = match capture {
         Capture::Files { stdout, stderr } => {
@@ -97,6 +98,9 @@ pub(crate) fn run(
             .map(|p| PipeReader::new(Pipe::Err(p), Stream::Stderr));
     }
     let pid = i32::try_from(child.id()).expect("Linux pids fit in pid_t (PID_MAX_LIMIT is 2^22)");
+    if let Some(running) = running {
+        running.add(pid);
+    }
     let mut sup = Supervisor {
         child,
         pgid: Pid::from_raw(pid),
@@ -104,7 +108,11 @@ pub(crate) fn run(
         readers,
         buf: vec![0; CHUNK],
     };
-    Ok(sup.supervise(deadline, kill_grace, log, location))
+    let outcome = sup.supervise(deadline, kill_grace, log, location);
+    if let Some(running) = running {
+        running.remove(pid);
+    }
+    Ok(outcome)
 }
 
 struct Supervisor {
