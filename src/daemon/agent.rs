@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::backoff::{ThrottleGate, error_backoff, with_jitter};
+use super::notify::Notifier;
 use super::tracking::{FAILED_AFTER_RESTART_PAYLOAD, OwedResult, Tracker};
 use crate::control::{ControlError, Envelope, HostCommand, HostCommands, status};
 use crate::deploy::executor::{
@@ -42,6 +43,9 @@ pub struct DaemonOptions {
     pub kill_grace: Duration,
     /// Longest wait between two attempts to deliver a final report.
     pub report_retry_max: Duration,
+    /// A poll loop silent for longer than this is hung: the systemd watchdog stops being
+    /// pinged (read timeout + the longest error backoff + margin).
+    pub watchdog_stale_after: Duration,
 }
 
 impl Default for DaemonOptions {
@@ -53,6 +57,7 @@ impl Default for DaemonOptions {
             shutdown_wait: Duration::from_secs(7200),
             kill_grace: Duration::from_secs(5),
             report_retry_max: Duration::from_secs(60),
+            watchdog_stale_after: Duration::from_secs(80 + 90 + 60),
         }
     }
 }
@@ -127,6 +132,10 @@ pub struct Agent<C> {
     in_flight: Mutex<HashSet<String>>,
     group_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub health: Mutex<Health>,
+    /// systemd notifications (a no-op outside systemd).
+    pub notifier: Notifier,
+    /// When the poll loop last went round; the watchdog pings only while it is recent.
+    heartbeat: Mutex<Instant>,
 }
 
 /// Why a polled command was not accepted (§1.9 step 2). Feeds the error backoff.
@@ -181,7 +190,37 @@ impl<C: HostCommands + 'static> Agent<C> {
             in_flight: Mutex::new(HashSet::new()),
             group_locks: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
+            notifier: Notifier::from_env(),
+            heartbeat: Mutex::new(Instant::now()),
         }
+    }
+
+    fn beat(&self) {
+        *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Pings systemd's watchdog every half interval while the poll loop is alive: it goes
+    /// round at least once per read timeout plus the longest backoff, so a loop silent for
+    /// longer than `stale_after` is hung and the pings stop.
+    fn spawn_watchdog(self: &Arc<Self>, tasks: &mut JoinSet<()>, stale_after: Duration) {
+        let Some(interval) = super::notify::watchdog_interval() else {
+            return;
+        };
+        let me = Arc::clone(self);
+        tasks.spawn(async move {
+            loop {
+                let last = *me.heartbeat.lock().unwrap_or_else(|e| e.into_inner());
+                if last.elapsed() < stale_after {
+                    me.notifier.watchdog();
+                } else {
+                    tracing::error!(
+                        "the poll loop has not gone round for {}s; not pinging the watchdog",
+                        last.elapsed().as_secs()
+                    );
+                }
+                tokio::time::sleep(interval / 2).await;
+            }
+        });
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -317,6 +356,9 @@ impl<C: HostCommands + 'static> Agent<C> {
             let stop = shutdown.clone();
             tasks.spawn(async move { me.recover(&stop).await });
         }
+        let mut watchdog = JoinSet::new();
+        self.spawn_watchdog(&mut watchdog, self.options.watchdog_stale_after);
+        self.notifier.ready();
         let jitter = self
             .options
             .startup_jitter
@@ -324,7 +366,9 @@ impl<C: HostCommands + 'static> Agent<C> {
         if !sleep_or_shutdown(jitter, &mut shutdown).await {
             self.poll_loop(&mut shutdown, &slots, &mut tasks).await;
         }
+        self.notifier.stopping();
         self.drain(&mut shutdown, &mut tasks).await;
+        watchdog.abort_all();
     }
 
     async fn poll_loop(
@@ -336,6 +380,7 @@ impl<C: HostCommands + 'static> Agent<C> {
         let mut errors: u32 = 0;
         let mut last_logged: Option<(String, Instant)> = None;
         loop {
+            self.beat();
             if *shutdown.borrow() != Shutdown::Running {
                 return;
             }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod notify;
 pub mod tracking;
 
 pub use agent::{Agent, DaemonOptions, Engine, Shutdown};
