@@ -573,6 +573,20 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                 return;
             }
             match p {
+                // A progress bar for installs large enough to take a while.
+                Progress::Copying { done, total } if total >= 2000 => {
+                    let width = 30;
+                    let filled = done * width / total.max(1);
+                    print!(
+                        "\r  copying [{}{}] {done}/{total}",
+                        "#".repeat(filled),
+                        " ".repeat(width - filled)
+                    );
+                    if done == total {
+                        println!();
+                    }
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                }
                 Progress::Downloaded {
                     files,
                     bytes,

@@ -164,6 +164,11 @@ pub enum Progress {
         summary: install::InstallSummary,
         elapsed: Duration,
     },
+    /// Install has copied `done` of `total` files.
+    Copying {
+        done: usize,
+        total: usize,
+    },
 }
 
 /// Which revision a hook event reads its appspec and scripts from (§2.2).
@@ -331,14 +336,17 @@ impl Executor<'_> {
         if let Some(all) = &spec.all_possible_lifecycle_events {
             check_lifecycle_events(&appspec, &appspec_path, all, mapping)?;
         }
-        let summary = install::install(&InstallRequest {
-            root: &self.root,
-            group_id: &spec.deployment_group_id,
-            archive_dir: &archive_dir,
-            deployment_dir: dir,
-            appspec: &appspec,
-            deployment_file_exists_behavior: &spec.file_exists_behavior,
-        })
+        let summary = install::install_with_progress(
+            &InstallRequest {
+                root: &self.root,
+                group_id: &spec.deployment_group_id,
+                archive_dir: &archive_dir,
+                deployment_dir: dir,
+                appspec: &appspec,
+                deployment_file_exists_behavior: &spec.file_exists_behavior,
+            },
+            &mut |done, total| progress(Progress::Copying { done, total }),
+        )
         .map_err(|e| CommandFailure::unknown(e.to_string()))?;
         progress(Progress::Installed {
             summary,

@@ -202,6 +202,14 @@ pub struct InstallRequest<'a> {
 
 /// Runs one `Install` (§6.1).
 pub fn install(req: &InstallRequest) -> Result<InstallSummary, InstallError> {
+    install_with_progress(req, &mut |_, _| {})
+}
+
+/// [`install`], calling `progress(copied, total)` after each batch of copies.
+pub fn install_with_progress(
+    req: &InstallRequest,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<InstallSummary, InstallError> {
     let instructions_dir = req.root.instructions_dir();
     fs::create_dir_all(&instructions_dir).map_err(io_err("create", &instructions_dir))?;
     let mut summary = InstallSummary {
@@ -263,6 +271,13 @@ pub fn install(req: &InstallRequest) -> Result<InstallSummary, InstallError> {
         preserve_owner: nix::unistd::geteuid().is_root(),
         overwritten: resolved.overwritten.iter().cloned().collect(),
         summary: &mut summary,
+        total_copies: resolved
+            .plan
+            .instructions
+            .iter()
+            .filter(|i| matches!(i, Instruction::Copy { .. }))
+            .count(),
+        progress,
     };
     executor.run(&resolved.plan.instructions)?;
     executor
@@ -284,6 +299,8 @@ pub fn install(req: &InstallRequest) -> Result<InstallSummary, InstallError> {
 const COPY_BATCH: usize = 512;
 
 struct Execution<'a> {
+    total_copies: usize,
+    progress: &'a mut dyn FnMut(usize, usize),
     cleanup: File,
     cleanup_path: &'a Path,
     ids: IdCache,
@@ -445,6 +462,7 @@ impl Execution<'_> {
             return Err(e);
         }
         self.summary.copied += batch.len();
+        (self.progress)(self.summary.copied, self.total_copies);
         Ok(())
     }
 }
