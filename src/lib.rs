@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod deploy;
 pub mod local;
+pub mod logging;
 pub mod preview;
 pub mod revision;
 pub mod spec;

@@ -472,22 +472,14 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(Config, Option<String>), 
 
 /// Sends the agent's own log lines to `<log_dir>/codedeploy-local.log` when that is writable.
 fn init_logging(config: &Config) {
-    let file = std::fs::create_dir_all(&config.log_dir).and_then(|()| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(config.log_dir.join("codedeploy-local.log"))
-    });
-    let level = if config.verbose { "debug" } else { "info" };
-    if let Ok(file) = file {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("CODEDEPLOY_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-            )
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
-            .try_init();
+    if let Err(e) = crate::logging::init(
+        &config.log_dir,
+        "codedeploy-local.log",
+        &config.program_name,
+        config.verbose,
+        false,
+    ) {
+        eprintln!("warning: {e}; continuing without a log file");
     }
 }
 

@@ -228,8 +228,31 @@ impl Executor<'_> {
     }
 
     /// Runs one command to completion.
-    #[tracing::instrument(skip_all, fields(command, deployment_id = %spec.deployment_id))]
+    #[tracing::instrument(skip_all, fields(deployment_id = %spec.deployment_id, command = %command))]
     pub fn execute(
+        &self,
+        command: &str,
+        spec: &DeploymentSpec,
+        mapping: &HookMapping,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), CommandFailure> {
+        let started = Instant::now();
+        tracing::info!(group = %spec.deployment_group_id, "executing command {command}");
+        let result = self.execute_inner(command, spec, mapping, progress);
+        let elapsed = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(()) => tracing::info!("command {command} succeeded in {elapsed:.3}s"),
+            Err(f) => tracing::warn!(
+                error_code = f.error_code,
+                script = %f.script_name,
+                "command {command} failed after {elapsed:.3}s: {}",
+                f.message
+            ),
+        }
+        result
+    }
+
+    fn execute_inner(
         &self,
         command: &str,
         spec: &DeploymentSpec,

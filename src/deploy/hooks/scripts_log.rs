@@ -136,7 +136,7 @@ pub(crate) fn strip_ansi(input: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// Local time as `YYYY-MM-DD HH:MM:SS` and the milliseconds, via `localtime_r`.
-fn local_timestamp() -> (String, u32) {
+pub(crate) fn local_timestamp() -> (String, u32) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
