@@ -146,6 +146,38 @@ async fn a_401_clears_the_token_and_retries_once_with_a_new_one() {
 }
 
 #[tokio::test]
+async fn a_401_then_no_new_token_falls_back_to_v1_unless_disabled() {
+    for disable_v1 in [false, true] {
+        let fake = FakeImds::start();
+        let client = if disable_v1 {
+            imds_v1_disabled(&fake)
+        } else {
+            imds(&fake)
+        };
+        assert!(client.partition().await.is_some());
+        fake.clear_requests();
+        fake.set(|s| {
+            s.unauthorized_gets = 1;
+            s.token_status = Some(503);
+        });
+        let result = client
+            .get_metadata("/latest/meta-data/services/domain")
+            .await;
+        assert_eq!(fake.token_puts(), 3);
+        if disable_v1 {
+            assert_eq!(
+                result.expect_err("no v1").to_string(),
+                "HTTP error from metadata service to get imdsv2 token."
+            );
+        } else {
+            assert_eq!(result.expect("v1").trim(), "amazonaws.com");
+            let last = fake.requests().pop().expect("a request");
+            assert_eq!((last.method.as_str(), last.token), ("GET", None));
+        }
+    }
+}
+
+#[tokio::test]
 async fn bodies_are_stripped() {
     let fake = FakeImds::start();
     fake.set(|s| s.pad_bodies = true);
@@ -282,7 +314,7 @@ async fn ec2_identity_comes_from_imds() {
     assert_eq!(id.region, "us-west-2");
     assert_eq!(id.host_identifier, ARN);
     assert!(!id.on_prem);
-    assert_eq!(id.onprem, None);
+    assert_eq!(id.onprem_config, None);
     assert_eq!(id.endpoint_region(), "us-west-2");
     assert_eq!(id.endpoint_domain(), "amazonaws.com");
 }
@@ -650,7 +682,7 @@ fn onprem_identity(onprem: onprem::OnPremConfig) -> Identity {
         region: onprem.region.clone(),
         host_identifier: onprem.host_identifier.clone(),
         on_prem: true,
-        onprem: Some(onprem),
+        onprem_config: Some(onprem),
         imds_location: None,
     }
 }
@@ -741,7 +773,7 @@ fn ec2_identity() -> Identity {
         region: "us-west-2".into(),
         host_identifier: ARN.into(),
         on_prem: false,
-        onprem: None,
+        onprem_config: None,
         imds_location: None,
     }
 }

@@ -173,13 +173,24 @@ impl ImdsBuilder {
 /// An IMDS client with the AWS agent's behaviour (§1.5): IMDSv2 token cached until a 401,
 /// IMDSv1 fallback unless disabled, three attempts per request with 1 s and 2 s sleeps, never
 /// through a proxy. Cheap to clone; clones share the token cache.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Imds {
     endpoint: String,
     http: reqwest::Client,
     disable_v1: bool,
     retry_delays: [Duration; 2],
     token: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Imds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of logs.
+        f.debug_struct("Imds")
+            .field("endpoint", &self.endpoint)
+            .field("disable_v1", &self.disable_v1)
+            .field("retry_delays", &self.retry_delays)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One HTTP exchange's outcome before retries are decided.
@@ -261,37 +272,35 @@ impl Imds {
         self.get_with_retries(METADATA_PATH, None).await.is_ok()
     }
 
-    /// GET `path` the AWS agent's way: with a token when one can be had, refreshing it once on a
-    /// 401, else without one unless IMDSv1 is disabled.
+    /// GET `path` the AWS agent's way: with a token when one can be had, else without one
+    /// unless IMDSv1 is disabled. A 401 to a request that carried a token clears the cached
+    /// token and the whole read is tried once more.
     pub async fn get_metadata(&self, path: &str) -> Result<String, ImdsError> {
-        let token = match self.token().await {
-            Ok(token) => token,
-            Err(source) => {
-                if self.disable_v1 {
-                    return Err(ImdsError::TokenUnavailable {
-                        source: Box::new(source),
-                    });
-                }
-                tracing::warn!(error = %source, "IMDSv2 http request failed, falling back to IMDSv1.");
-                return self.get_with_retries(path, None).await;
-            }
-        };
-        match self.get_with_retries(path, Some(&token)).await {
-            Err(ImdsError::Status { code: 401, .. }) => {
+        match self.get_once(path).await {
+            (Err(ImdsError::Status { code: 401, .. }), true) => {
                 tracing::info!(path, "IMDS rejected the cached token; fetching a new one");
                 self.clear_token();
-                let token = self.token().await.map_err(|source| {
-                    if self.disable_v1 {
-                        ImdsError::TokenUnavailable {
-                            source: Box::new(source),
-                        }
-                    } else {
-                        source
-                    }
-                })?;
-                self.get_with_retries(path, Some(&token)).await
+                self.get_once(path).await.0
             }
-            other => other,
+            (result, _) => result,
+        }
+    }
+
+    /// One read: token (cached or new) then GET, or the IMDSv1 fallback. Also says whether a
+    /// token was sent.
+    async fn get_once(&self, path: &str) -> (Result<String, ImdsError>, bool) {
+        match self.token().await {
+            Ok(token) => (self.get_with_retries(path, Some(&token)).await, true),
+            Err(source) if self.disable_v1 => (
+                Err(ImdsError::TokenUnavailable {
+                    source: Box::new(source),
+                }),
+                false,
+            ),
+            Err(source) => {
+                tracing::warn!(error = %source, "IMDSv2 http request failed, falling back to IMDSv1.");
+                (self.get_with_retries(path, None).await, false)
+            }
         }
     }
 
@@ -430,7 +439,7 @@ pub struct Identity {
     /// The on-premises configuration file is readable (§1.3's "on-prem"), whatever it says.
     pub on_prem: bool,
     /// The on-premises configuration, when it names an IAM user or session.
-    pub onprem: Option<OnPremConfig>,
+    pub onprem_config: Option<OnPremConfig>,
     /// When IMDS answers: its region and `services/domain` (the endpoint uses these, §1.3 step
     /// 3). `None` when IMDS does not answer or was not asked (`deploy_control_endpoint` set).
     pub imds_location: Option<ImdsLocation>,
@@ -522,14 +531,14 @@ pub async fn resolve_with_env(
 ) -> Result<Identity, IdentityError> {
     let env = |name: &str| env(name).filter(|v| !v.is_empty());
     let on_prem = onprem::is_readable(&config.on_premises_config_file);
-    let onprem = if on_prem {
+    let onprem_config = if on_prem {
         onprem::load(&config.on_premises_config_file)?
     } else {
         tracing::info!(file = %config.on_premises_config_file.display(), "On Premises config file does not exist or not readable");
         None
     };
 
-    let host_identifier = match (&onprem, env("AWS_HOST_IDENTIFIER")) {
+    let host_identifier = match (&onprem_config, env("AWS_HOST_IDENTIFIER")) {
         (Some(o), _) => o.host_identifier.clone(),
         (None, Some(id)) => id,
         (None, None) => imds.host_identifier().await?,
@@ -545,7 +554,7 @@ pub async fn resolve_with_env(
         None
     };
 
-    let region = match (&onprem, env("AWS_REGION")) {
+    let region = match (&onprem_config, env("AWS_REGION")) {
         (Some(o), _) => o.region.clone(),
         (None, Some(r)) => r,
         (None, None) => match imds_location.as_ref().and_then(|l| l.region.clone()) {
@@ -565,7 +574,7 @@ pub async fn resolve_with_env(
         region,
         host_identifier,
         on_prem,
-        onprem,
+        onprem_config,
         imds_location,
     };
     tracing::info!(
@@ -598,7 +607,7 @@ pub async fn credentials_provider(
     identity: &Identity,
     imds_endpoint: &str,
 ) -> SharedCredentialsProvider {
-    let inner = match &identity.onprem {
+    let inner = match &identity.onprem_config {
         Some(onprem) => onprem.credentials_provider(),
         None => default_chain(
             &identity.region,
@@ -621,7 +630,12 @@ pub fn default_chain(
     let conf = ProviderConfig::without_region()
         .with_http_client(sdk_http_client())
         .with_region(Some(aws_config::Region::new(region.to_owned())));
-    let imds_client = aws_config::imds::Client::builder().configure(&conf);
+    // The AWS agent's `instance_profile_credentials_retries: 3` and `_timeout: 1`.
+    let imds_client = aws_config::imds::Client::builder()
+        .configure(&conf)
+        .max_attempts(4)
+        .connect_timeout(Duration::from_secs(1))
+        .read_timeout(Duration::from_secs(1));
     let imds_client = match imds_client.clone().endpoint(imds_endpoint) {
         Ok(b) => b,
         Err(e) => {

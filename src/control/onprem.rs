@@ -40,6 +40,13 @@ pub enum OnPremError {
     MissingIamUserKey { path: PathBuf, key: &'static str },
     #[error("'{key}' key is required when 'iam_session_arn' is provided.")]
     MissingIamSessionKey { path: PathBuf, key: &'static str },
+    /// The IAM-session credentials file gave no credentials (`path` is that file).
+    #[error("Failed to load credentials from path {}", path.display())]
+    CredentialsFile {
+        path: PathBuf,
+        /// What exactly was wrong (ours; not part of the AWS message).
+        reason: String,
+    },
 }
 
 /// Where an on-premises host's credentials come from.
@@ -288,15 +295,6 @@ pub struct SessionFileCredentials {
     path: PathBuf,
 }
 
-/// The shared credentials file could not give credentials.
-#[derive(Debug, thiserror::Error)]
-#[error("Failed to load credentials from path {}", path.display())]
-pub struct SessionFileError {
-    pub path: PathBuf,
-    /// What exactly was wrong (ours; not part of the AWS message).
-    pub reason: String,
-}
-
 impl SessionFileCredentials {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self { path: path.into() }
@@ -307,8 +305,8 @@ impl SessionFileCredentials {
     }
 
     /// Reads the file now.
-    pub fn load(&self) -> Result<Credentials, SessionFileError> {
-        let fail = |reason: String| SessionFileError {
+    pub fn load(&self) -> Result<Credentials, OnPremError> {
+        let fail = |reason: String| OnPremError::CredentialsFile {
             path: self.path.clone(),
             reason,
         };
@@ -336,7 +334,9 @@ impl ProvideCredentials for SessionFileCredentials {
         Self: 'a,
     {
         let result: provider::Result = self.load().map_err(|e| {
-            tracing::error!(file = %e.path.display(), reason = %e.reason, "{e}");
+            if let OnPremError::CredentialsFile { reason, .. } = &e {
+                tracing::error!(%reason, "{e}");
+            }
             CredentialsError::provider_error(e)
         });
         future::ProvideCredentials::ready(result)
