@@ -893,6 +893,7 @@ fn test_profiles_that_keep_environment_credentials() {
 #[test]
 fn environment_credentials_are_left_out_unless_beta_or_gamma() {
     let fake = FakeImds::start();
+    let home = tempfile::tempdir().expect("empty home");
     let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
@@ -903,7 +904,14 @@ fn environment_credentials_are_left_out_unless_beta_or_gamma() {
         .env("CHILD_FAKE_IMDS", fake.url())
         .env("AWS_ACCESS_KEY_ID", "AKIAFROMENV")
         .env("AWS_SECRET_ACCESS_KEY", "env-secret")
+        .env("HOME", home.path())
         .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .env_remove("AWS_CONFIG_FILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
         .output()
         .expect("run child");
     let stdout = String::from_utf8_lossy(&out.stdout);

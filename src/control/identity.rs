@@ -335,7 +335,7 @@ impl Imds {
     }
 
     /// Up to three attempts, sleeping `retry_delays[0]` then `retry_delays[1]` between them.
-    /// A 401 is returned at once: retrying with the same token cannot help.
+    /// A 401 to a request carrying a token is returned at once: the same token cannot succeed.
     async fn with_retries(
         &self,
         method: reqwest::Method,
@@ -394,7 +394,7 @@ impl Imds {
                 code: status.as_u16(),
                 message: status.canonical_reason().unwrap_or("").to_owned(),
             };
-            return if status == reqwest::StatusCode::UNAUTHORIZED {
+            return if status == reqwest::StatusCode::UNAUTHORIZED && token.is_some() {
                 Attempt::Unauthorized(error)
             } else {
                 Attempt::Failed(error)
