@@ -161,6 +161,8 @@ pub struct Config {
     pub kill_agent_max_wait_time_seconds: u64,
     pub enable_deployments_log: bool,
     pub http_read_timeout: u64,
+    /// `prod` unless set; `beta`/`gamma` keep environment credentials (agent-behaviour.md §1.4).
+    pub codedeploy_test_profile: String,
     /// Ours: refuse bundles that contain symlinks at all.
     pub reject_symlinks_in_bundle: bool,
     /// Ours: keep setuid/setgid bits of bundle files (cleared by default).
@@ -178,7 +180,6 @@ const IGNORED_KEYS: &[&str] = &[
     "children",
     "user",
     "group",
-    "codedeploy_test_profile",
     "use_mock_command_service",
     "plugins",
     "wait_after_throttle_error",
@@ -217,6 +218,7 @@ impl Config {
             kill_agent_max_wait_time_seconds: 7200,
             enable_deployments_log: true,
             http_read_timeout: 80,
+            codedeploy_test_profile: "prod".into(),
             reject_symlinks_in_bundle: false,
             allow_setuid_in_bundle: false,
             hook_wait_for_inherited_output: false,
@@ -346,6 +348,9 @@ impl Config {
                     config.enable_deployments_log = !matches!(value, RawValue::Bool(false))
                 }
                 "http_read_timeout" => config.http_read_timeout = integer(1)?,
+                "codedeploy_test_profile" => {
+                    config.codedeploy_test_profile = text().unwrap_or_else(|| "prod".into())
+                }
                 "reject_symlinks_in_bundle" => config.reject_symlinks_in_bundle = boolean()?,
                 "allow_setuid_in_bundle" => config.allow_setuid_in_bundle = boolean()?,
                 "hook_wait_for_inherited_output" => {
