@@ -127,6 +127,53 @@ fn pem_labels_and_bare_base64_are_accepted() {
     );
 }
 
+/// OpenSSL `-stream` output (and Java signers') is BER: indefinite lengths, chunked content.
+#[test]
+fn streamed_ber_signatures_verify() {
+    if !openssl_or_skip("streamed_ber_signatures_verify") {
+        return;
+    }
+    let big = format!(
+        r#"{{"DeploymentId":"d-1","Padding":"{}"}}"#,
+        "x".repeat(20_000)
+    );
+    for content in [CONTENT, big.as_str()] {
+        for tool in [Tool::Smime, Tool::Cms] {
+            for der in [false, true] {
+                for signed_attributes in [true, false] {
+                    let options = SignOptions {
+                        tool,
+                        der,
+                        signed_attributes,
+                        stream: true,
+                        ..SignOptions::default()
+                    };
+                    let signed = sign(content.as_bytes(), &options);
+                    let der_bytes = if der {
+                        signed.clone()
+                    } else {
+                        signing::pem_to_der(std::str::from_utf8(&signed).expect("PEM"))
+                    };
+                    assert_eq!(der_bytes[1], 0x80, "indefinite length expected");
+                    assert_eq!(
+                        verify_signed_der(&der_bytes).as_deref(),
+                        Ok(content.as_bytes()),
+                        "{options:?}"
+                    );
+                    if !der {
+                        let pem = std::str::from_utf8(&signed).expect("PEM");
+                        assert_eq!(
+                            verify_signed_content(pem).as_deref(),
+                            Ok(content.as_bytes()),
+                            "{options:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn signer_is_found_by_subject_key_identifier_and_among_other_certificates() {
     if !openssl_or_skip("signer_is_found_by_subject_key_identifier") {

@@ -8,9 +8,13 @@
 //! the signature covers the content itself. What is deliberately *not* checked, as in the AWS
 //! agents (which verify with `NOVERIFY`): a chain to any CA, validity dates, key usage.
 //!
-//! The DER is read with `der`/`cms`/`x509-cert`, digests and signatures are `ring`'s. Signed
-//! attributes and SignerInfos are taken from the raw bytes, so the signature is checked over
-//! exactly what the signer produced, whatever order its SET OFs are in.
+//! BER (indefinite lengths, chunked content, as OpenSSL `-stream` and Java signers write it) is
+//! first re-encoded as DER (`ber`). The DER is read with `der`/`cms`/`x509-cert`, digests and
+//! signatures are `ring`'s. Signed attributes and SignerInfos are taken from the raw bytes, so
+//! the signature is checked over exactly what the signer produced, whatever order its SET OFs
+//! are in.
+
+mod ber;
 
 use cms::cert::IssuerAndSerialNumber;
 use cms::content_info::ContentInfo;
@@ -132,10 +136,12 @@ pub fn verify_signed_content(payload: &str) -> Result<Vec<u8>, Pkcs7Error> {
     verify_signed_der(&der)
 }
 
-/// Verifies a DER-encoded ContentInfo holding a SignedData and returns the signed content.
-pub fn verify_signed_der(der: &[u8]) -> Result<Vec<u8>, Pkcs7Error> {
-    check_size(der.len())?;
-    let info = ContentInfo::from_der(der).map_err(Pkcs7Error::der("ContentInfo"))?;
+/// Verifies a BER- or DER-encoded ContentInfo holding a SignedData and returns the signed
+/// content.
+pub fn verify_signed_der(ber: &[u8]) -> Result<Vec<u8>, Pkcs7Error> {
+    check_size(ber.len())?;
+    let der = ber::to_der(ber).map_err(|e| Pkcs7Error::Encoding { detail: e.0 })?;
+    let info = ContentInfo::from_der(&der).map_err(Pkcs7Error::der("ContentInfo"))?;
     if info.content_type != ID_SIGNED_DATA {
         return Err(Pkcs7Error::NotSignedData {
             oid: info.content_type,

@@ -66,6 +66,8 @@ pub struct SignOptions {
     pub key_id: bool,
     /// `-outform DER` instead of PEM.
     pub der: bool,
+    /// `-stream`: BER with indefinite lengths and the content as a constructed OCTET STRING.
+    pub stream: bool,
 }
 
 impl Default for SignOptions {
@@ -80,6 +82,7 @@ impl Default for SignOptions {
             embed_ca: false,
             key_id: false,
             der: false,
+            stream: false,
         }
     }
 }
@@ -144,6 +147,9 @@ pub fn sign(content: &[u8], options: &SignOptions) -> Vec<u8> {
     }
     if options.embed_ca {
         args.extend(["-certfile", "ca.pem"]);
+    }
+    if options.stream {
+        args.push("-stream");
     }
     if options.key_id {
         assert_eq!(options.tool, Tool::Cms, "-keyid needs openssl cms");
