@@ -334,6 +334,88 @@ fn signature_by_another_key_is_rejected() {
 
 use der::Decode as _;
 
+/// Every SignerInfo must verify, not just one.
+#[test]
+fn every_signer_must_verify() {
+    if !openssl_or_skip("every_signer_must_verify") {
+        return;
+    }
+    let rsa = sign_spec_pem(CONTENT);
+    let ec = String::from_utf8(sign(
+        CONTENT.as_bytes(),
+        &SignOptions {
+            key: KeyKind::EcP256,
+            tool: Tool::Smime,
+            signed_attributes: false,
+            ..SignOptions::default()
+        },
+    ))
+    .expect("PEM");
+    let both = signing::merge_signers(&rsa, &ec);
+    assert_eq!(
+        verify_signed_content(&both).as_deref(),
+        Ok(CONTENT.as_bytes())
+    );
+    for (bad, expected) in [
+        (
+            signing::merge_signers(&rsa, &signing::corrupt_signature(&ec)),
+            Pkcs7Error::BadSignature,
+        ),
+        (
+            signing::merge_signers(&signing::corrupt_signature(&rsa), &ec),
+            Pkcs7Error::BadSignature,
+        ),
+        (
+            signing::merge_signers(&rsa, &signing::strip_certificates(&ec)),
+            Pkcs7Error::SignerNotFound {
+                note: String::new(),
+            },
+        ),
+    ] {
+        assert_eq!(verify_signed_content(&bad), Err(expected));
+    }
+}
+
+/// Algorithms ring (or we) do not implement are named by OID.
+#[test]
+fn unsupported_algorithms_are_named() {
+    if !openssl_or_skip("unsupported_algorithms_are_named") {
+        return;
+    }
+    let sha224 = String::from_utf8(sign(
+        CONTENT.as_bytes(),
+        &SignOptions {
+            digest: "sha224",
+            ..SignOptions::default()
+        },
+    ))
+    .expect("PEM");
+    assert_eq!(
+        verify_signed_content(&sha224)
+            .expect_err("sha224")
+            .to_string(),
+        "PKCS7 signature verification failed: unsupported digest algorithm \
+         2.16.840.1.101.3.4.2.4"
+    );
+    let p256_sha512 = String::from_utf8(sign(
+        CONTENT.as_bytes(),
+        &SignOptions {
+            key: KeyKind::EcP256,
+            tool: Tool::Cms,
+            digest: "sha512",
+            ..SignOptions::default()
+        },
+    ))
+    .expect("PEM");
+    assert_eq!(
+        verify_signed_content(&p256_sha512)
+            .expect_err("ecdsa-with-SHA512")
+            .to_string(),
+        "PKCS7 signature verification failed: unsupported ECDSA digest algorithm \
+         2.16.840.1.101.3.4.2.3"
+    );
+}
+
 #[test]
 fn missing_signer_certificate_is_rejected() {
     if !openssl_or_skip("missing_signer_certificate_is_rejected") {

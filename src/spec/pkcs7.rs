@@ -102,6 +102,15 @@ pub enum Pkcs7Error {
         signature: ObjectIdentifier,
         digest: ObjectIdentifier,
     },
+    /// An RSA signature with an EC certificate, or the other way round.
+    #[error(
+        "PKCS7 signature verification failed: signature algorithm {signature} does not fit the \
+         signer certificate's {key} key"
+    )]
+    KeyMismatch {
+        signature: ObjectIdentifier,
+        key: ObjectIdentifier,
+    },
     /// A required signed attribute is missing, repeated or malformed.
     #[error("PKCS7 signature verification failed: {detail}")]
     BadAttribute { detail: String },
@@ -535,9 +544,9 @@ fn verification_algorithm(
                 }),
             }
         }
-        RSA_ENCRYPTION | ID_EC_PUBLIC_KEY => Err(Pkcs7Error::AlgorithmMismatch {
+        key @ (RSA_ENCRYPTION | ID_EC_PUBLIC_KEY) => Err(Pkcs7Error::KeyMismatch {
             signature: sig_oid,
-            digest: signer.digest_alg.oid,
+            key,
         }),
         oid => Err(Pkcs7Error::Unsupported {
             kind: "public key",

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cms::content_info::ContentInfo;
-use cms::signed_data::{SignedData, SignerInfos};
+use cms::signed_data::{CertificateSet, SignedData, SignerInfos};
 use der::asn1::{OctetString, SetOfVec};
 use der::{Any, Decode, Encode, Tag};
 
@@ -275,7 +275,7 @@ const CA_CONFIG: &str = "[ ca ]\n\
                          [ test_ca ]\n\
                          database = index.txt\n\
                          new_certs_dir = .\n\
-                         serial = serial\n\
+                         rand_serial = yes\n\
                          default_md = sha256\n\
                          policy = any\n\
                          unique_subject = no\n\
@@ -289,7 +289,6 @@ fn make_credentials(key: KeyKind, cert: CertKind) -> Credentials {
     fs::write(d.join("ext.cnf"), EXTENSIONS).expect("write ext");
     fs::write(d.join("ca.cnf"), CA_CONFIG).expect("write ca config");
     fs::write(d.join("index.txt"), "").expect("write index");
-    fs::write(d.join("serial"), "1001\n").expect("write serial");
 
     let signer_cn = "/CN=codedeploy-signer-us-east-1.amazonaws.com";
     openssl(
@@ -412,4 +411,46 @@ fn openssl(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One envelope with the certificates and SignerInfos of both (which must sign the same
+/// content): a SignedData with two signers.
+pub fn merge_signers(first: &str, second: &str) -> String {
+    let other = signed_data(second);
+    rewrite(first, |sd| {
+        let mut certs = sd
+            .certificates
+            .take()
+            .map(|set| set.0.into_vec())
+            .unwrap_or_default();
+        certs.extend(
+            other
+                .certificates
+                .map(|set| set.0.into_vec())
+                .unwrap_or_default(),
+        );
+        if !certs.is_empty() {
+            sd.certificates = Some(CertificateSet(
+                SetOfVec::try_from(certs).expect("set of certificates"),
+            ));
+        }
+        let mut signers = sd.signer_infos.0.clone().into_vec();
+        signers.extend(other.signer_infos.0.into_vec());
+        sd.signer_infos = SignerInfos(SetOfVec::try_from(signers).expect("set of signers"));
+        let mut digests = sd.digest_algorithms.clone().into_vec();
+        for alg in other.digest_algorithms.into_vec() {
+            if !digests.contains(&alg) {
+                digests.push(alg);
+            }
+        }
+        sd.digest_algorithms = SetOfVec::try_from(digests).expect("set of digests");
+    })
+}
+
+fn signed_data(pem: &str) -> SignedData {
+    ContentInfo::from_der(&pem_to_der(pem))
+        .expect("ContentInfo")
+        .content
+        .decode_as()
+        .expect("SignedData")
 }
