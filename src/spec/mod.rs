@@ -207,7 +207,6 @@ pub fn parse_envelope(
                     e.utf8_error()
                 ))
             })?;
-            tracing::debug!(spec = %redacted_json(&text), "deployment specification");
             DeploymentSpec::from_json(&text)
         }
         Some("TEXT/JSON") if allow_text_json => DeploymentSpec::from_json(payload),

@@ -190,6 +190,10 @@ pub fn verify_signed_der(ber: &[u8]) -> Result<Vec<u8>, Pkcs7Error> {
     if signed.signer_infos.is_empty() {
         return Err(Pkcs7Error::NoSigners);
     }
+    let mut digests = ContentDigests {
+        content,
+        done: Vec::new(),
+    };
     for raw in &signed.signer_infos {
         let signer = SignerInfo::from_der(raw.tlv).map_err(Pkcs7Error::der("SignerInfo"))?;
         let cert =
@@ -210,7 +214,7 @@ pub fn verify_signed_der(ber: &[u8]) -> Result<Vec<u8>, Pkcs7Error> {
             signed_attrs.as_deref(),
             cert,
             &encap.econtent_type,
-            content,
+            &mut digests,
         )?;
     }
     tracing::debug!(
@@ -480,6 +484,25 @@ impl Hash {
     }
 }
 
+/// Digests of the content, each computed once however many signers use it.
+struct ContentDigests<'a> {
+    content: &'a [u8],
+    done: Vec<(Hash, digest::Digest)>,
+}
+
+impl ContentDigests<'_> {
+    fn get(&mut self, hash: Hash) -> &[u8] {
+        let i = match self.done.iter().position(|(h, _)| *h == hash) {
+            Some(i) => i,
+            None => {
+                self.done.push((hash, hash.digest(self.content)));
+                self.done.len() - 1
+            }
+        };
+        self.done[i].1.as_ref()
+    }
+}
+
 /// The ring verification algorithm for a SignerInfo's algorithms and the signer's key.
 fn verification_algorithm(
     signer: &SignerInfo,
@@ -586,13 +609,13 @@ fn verify_signer(
     signed_attrs: Option<&[u8]>,
     cert: &Certificate,
     content_type: &ObjectIdentifier,
-    content: &[u8],
+    digests: &mut ContentDigests<'_>,
 ) -> Result<(), Pkcs7Error> {
     let hash = Hash::from_oid(signer.digest_alg.oid)?;
     let algorithm = verification_algorithm(signer, hash, cert)?;
 
     let signed_message = match signed_attrs {
-        None => content,
+        None => digests.content,
         Some(attrs) => {
             let attribute = single_attribute(signer, ID_CONTENT_TYPE, "content-type")?
                 .decode_as::<ObjectIdentifier>()
@@ -610,9 +633,8 @@ fn verify_signer(
                 .map_err(|e| Pkcs7Error::BadAttribute {
                     detail: format!("message-digest attribute is not an OCTET STRING: {e}"),
                 })?;
-            let actual = hash.digest(content);
             // Constant-time comparison is not needed: the digest is not a secret.
-            if claimed.as_bytes() != actual.as_ref() {
+            if claimed.as_bytes() != digests.get(hash) {
                 return Err(Pkcs7Error::DigestMismatch);
             }
             attrs
