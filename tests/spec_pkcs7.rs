@@ -120,6 +120,13 @@ fn pem_labels_and_bare_base64_are_accepted() {
         verify_signed_content(&body).as_deref(),
         Ok(CONTENT.as_bytes())
     );
+    let preamble = format!(
+        "Signed by the service\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n{pem}"
+    );
+    assert_eq!(
+        verify_signed_content(&preamble).as_deref(),
+        Ok(CONTENT.as_bytes())
+    );
     let crlf = format!("\r\n  {}\r\n", pem.replace('\n', "\r\n"));
     assert_eq!(
         verify_signed_content(&crlf).as_deref(),

@@ -236,29 +236,39 @@ fn check_size(len: usize) -> Result<(), Pkcs7Error> {
 }
 
 /// PEM (labels `PKCS7`, `PKCS #7 SIGNED DATA`, `CMS`, as OpenSSL reads them) or bare base64.
+/// Like OpenSSL's PEM reader, text before the block and blocks with other labels are skipped.
 fn decode_text(payload: &str) -> Result<Vec<u8>, Pkcs7Error> {
+    const BEGIN: &str = "-----BEGIN ";
     let text = payload.trim();
-    let Some(rest) = text.strip_prefix("-----BEGIN ") else {
+    if !text.contains(BEGIN) {
         return base64_decode(text).ok_or_else(|| Pkcs7Error::Encoding {
             detail: "no start line (expected -----BEGIN PKCS7----- or base64 DER)".into(),
         });
-    };
-    let (label, rest) = rest
-        .split_once("-----")
-        .ok_or_else(|| Pkcs7Error::Encoding {
-            detail: "malformed PEM start line".into(),
-        })?;
-    if !matches!(label, "PKCS7" | "PKCS #7 SIGNED DATA" | "CMS") {
-        return Err(Pkcs7Error::Encoding {
-            detail: format!("PEM block is {label}, not PKCS7"),
-        });
     }
-    let end = format!("-----END {label}-----");
-    let (body, _) = rest.split_once(&end).ok_or_else(|| Pkcs7Error::Encoding {
-        detail: format!("no end line ({end})"),
-    })?;
-    base64_decode(body).ok_or_else(|| Pkcs7Error::Encoding {
-        detail: "bad base64 in the PEM body".into(),
+    let mut skipped = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some((label, after)) = rest[start + BEGIN.len()..].split_once("-----") else {
+            break;
+        };
+        if matches!(label, "PKCS7" | "PKCS #7 SIGNED DATA" | "CMS") {
+            let end = format!("-----END {label}-----");
+            let (body, _) = after.split_once(&end).ok_or_else(|| Pkcs7Error::Encoding {
+                detail: format!("no end line ({end})"),
+            })?;
+            return base64_decode(body).ok_or_else(|| Pkcs7Error::Encoding {
+                detail: "bad base64 in the PEM body".into(),
+            });
+        }
+        skipped.push(label.chars().take(40).collect::<String>());
+        rest = after;
+    }
+    Err(Pkcs7Error::Encoding {
+        detail: if skipped.is_empty() {
+            "malformed PEM start line".into()
+        } else {
+            format!("no PKCS7 PEM block (found {})", skipped.join(", "))
+        },
     })
 }
 
@@ -688,6 +698,36 @@ mod tests {
             assert!(
                 message.starts_with("Could not parse the PKCS7: "),
                 "{payload:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn pem_messages() {
+        for (payload, detail) in [
+            (
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "no PKCS7 PEM block (found CERTIFICATE)",
+            ),
+            (
+                "-----BEGIN PKCS7-----\nAAAA\n",
+                "no end line (-----END PKCS7-----)",
+            ),
+            ("-----BEGIN PKCS7", "malformed PEM start line"),
+            (
+                "-----BEGIN CMS-----\n!!!!\n-----END CMS-----",
+                "bad base64 in the PEM body",
+            ),
+            (
+                "hello world",
+                "no start line (expected -----BEGIN PKCS7----- or base64 DER)",
+            ),
+        ] {
+            assert_eq!(
+                verify_signed_content(payload)
+                    .expect_err(payload)
+                    .to_string(),
+                format!("Could not parse the PKCS7: {detail}"),
             );
         }
     }
