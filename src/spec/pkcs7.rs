@@ -546,11 +546,13 @@ fn verification_algorithm(
         RSA_ENCRYPTION | SHA1_WITH_RSA | SHA256_WITH_RSA | SHA384_WITH_RSA | SHA512_WITH_RSA
     );
     match spki.algorithm.oid {
+        // 1024-bit keys are accepted where ring can (not with SHA-384), as OpenSSL accepts
+        // them for the AWS agents: with no chain check, a key-size floor adds no authenticity.
         RSA_ENCRYPTION if rsa_signature => Ok(match hash {
-            Hash::Sha1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
-            Hash::Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+            Hash::Sha1 => &signature::RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
+            Hash::Sha256 => &signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
             Hash::Sha384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-            Hash::Sha512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+            Hash::Sha512 => &signature::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY,
         }),
         ID_EC_PUBLIC_KEY if !rsa_signature => {
             let curve = spki

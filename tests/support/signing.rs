@@ -22,7 +22,10 @@ use der::{Any, Decode, Encode, Tag};
 /// The signer's key type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyKind {
+    /// RSA 2048.
     Rsa,
+    /// RSA 1024, still accepted by OpenSSL.
+    Rsa1024,
     EcP256,
     EcP384,
 }
@@ -321,6 +324,7 @@ fn make_credentials(key: KeyKind, cert: CertKind) -> Credentials {
     );
     let keygen: &[&str] = match key {
         KeyKind::Rsa => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        KeyKind::Rsa1024 => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
         KeyKind::EcP256 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
         KeyKind::EcP384 => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
     };
