@@ -401,7 +401,8 @@ impl<'a> SignedDataParts<'a> {
 }
 
 /// The signed attributes of a raw SignerInfo, re-tagged as the SET OF that was signed
-/// (RFC 5652 §5.4): the original bytes, not a re-encoding.
+/// (RFC 5652 §5.4): the bytes as received (BER normalised to DER, which leaves DER
+/// untouched), in their original order, not a re-encoding of the decoded attributes.
 fn raw_signed_attributes(signer_info: &[u8]) -> Result<Option<Vec<u8>>, Pkcs7Error> {
     let signed_attrs_tag = Tag::ContextSpecific {
         constructed: true,
