@@ -2,8 +2,9 @@
 //! mode) hands us, and the fields every command reads.
 //!
 //! `TEXT/JSON` envelopes are accepted only when the caller allows them (local mode).
-//! `PKCS7/JSON` envelopes carry the JSON as signed content; they are verified in
-//! `spec::pkcs7` by the daemon work.
+//! `PKCS7/JSON` envelopes carry the JSON as signed content; `pkcs7` verifies them.
+
+pub mod pkcs7;
 
 use serde_json::{Map, Value};
 
@@ -197,6 +198,17 @@ pub fn parse_envelope(
     allow_text_json: bool,
 ) -> Result<DeploymentSpec, SpecError> {
     match format {
+        Some("PKCS7/JSON") => {
+            let content =
+                pkcs7::verify_signed_content(payload).map_err(|e| SpecError::new(e.to_string()))?;
+            let text = String::from_utf8(content).map_err(|e| {
+                SpecError::new(format!(
+                    "The signed deployment specification is not valid UTF-8: {}",
+                    e.utf8_error()
+                ))
+            })?;
+            DeploymentSpec::from_json(&text)
+        }
         Some("TEXT/JSON") if allow_text_json => DeploymentSpec::from_json(payload),
         other => Err(SpecError::new(format!(
             "Unsupported DeploymentSpecification format: {}",

@@ -1,0 +1,95 @@
+//! The shared signing helper (`tests/support/signing.rs`) used from a test file of its own,
+//! the way other tests use it, and cross-checked against `openssl smime -verify` so that what
+//! it calls valid or tampered is what OpenSSL calls so, independently of our verifier.
+
+mod support;
+
+use std::process::Command;
+
+use codedeploy_agent::spec::parse_envelope;
+use support::signing::{self, openssl_or_skip, sign_spec_pem};
+
+const SPEC: &str = r#"{"DeploymentId":"d-HELPER","DeploymentGroupId":"dg","DeploymentGroupName":"g","ApplicationName":"a","Revision":{"RevisionType":"S3","S3Revision":{"Bucket":"b","Key":"k","BundleType":"tgz"}}}"#;
+
+/// `openssl smime -verify -noverify` (the AWS agents' NOVERIFY): Ok(content) or Err(stderr).
+fn openssl_verify(pem: &str) -> Result<String, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("spec.pem");
+    std::fs::write(&path, pem).expect("write");
+    let out = Command::new("openssl")
+        .args([
+            "smime",
+            "-verify",
+            "-noverify",
+            "-binary",
+            "-inform",
+            "PEM",
+            "-in",
+        ])
+        .arg(&path)
+        .output()
+        .expect("run openssl");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn helper_output_is_what_openssl_and_the_envelope_accept() {
+    if !openssl_or_skip("helper_output_is_what_openssl_and_the_envelope_accept") {
+        return;
+    }
+    let pem = sign_spec_pem(SPEC);
+    assert_eq!(openssl_verify(&pem).as_deref(), Ok(SPEC));
+    let spec = parse_envelope(Some("PKCS7/JSON"), &pem, false).expect("valid");
+    assert_eq!(spec.deployment_id, "d-HELPER");
+    // Cached credentials: a second signing works and verifies too.
+    assert!(parse_envelope(Some("PKCS7/JSON"), &sign_spec_pem(SPEC), false).is_ok());
+}
+
+#[test]
+fn helper_tampering_is_what_openssl_rejects() {
+    if !openssl_or_skip("helper_tampering_is_what_openssl_rejects") {
+        return;
+    }
+    let pem = sign_spec_pem(SPEC);
+    assert_eq!(
+        openssl_verify(&signing::reencode(&pem)).as_deref(),
+        Ok(SPEC)
+    );
+    for (name, bad, openssl_says, we_say) in [
+        (
+            "tamper",
+            signing::tamper(&pem),
+            "digest failure",
+            "PKCS7 signature verification failed: digest failure",
+        ),
+        (
+            "swap_content",
+            signing::swap_content(&pem, r#"{"DeploymentId":"d-EVIL"}"#),
+            "digest failure",
+            "PKCS7 signature verification failed: digest failure",
+        ),
+        (
+            "corrupt_signature",
+            signing::corrupt_signature(&pem),
+            "signature failure",
+            "PKCS7 signature verification failed: signature failure",
+        ),
+        (
+            "strip_certificates",
+            signing::strip_certificates(&pem),
+            "signer certificate not found",
+            "PKCS7 signature verification failed: signer certificate not found",
+        ),
+    ] {
+        let stderr = openssl_verify(&bad).expect_err(name);
+        assert!(stderr.contains(openssl_says), "{name}: {stderr}");
+        let message = parse_envelope(Some("PKCS7/JSON"), &bad, false)
+            .expect_err(name)
+            .message;
+        assert_eq!(message, we_say, "{name}");
+    }
+}
