@@ -177,16 +177,34 @@ impl DeploymentSpec {
     }
 }
 
-/// The JSON document with `GitHubAccessToken` replaced by `REDACTED`, for logs.
+/// Keys whose values are secrets wherever they appear in a spec.
+const SECRET_KEYS: [&str; 2] = ["GitHubAccessToken", "OAuthToken"];
+
+fn redact(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if SECRET_KEYS.contains(&key.as_str()) && !v.is_null() {
+                    *v = Value::String("REDACTED".into());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// The JSON document with every GitHub token (`GitHubAccessToken`, and `OAuthToken` inside the
+/// revision) replaced by `REDACTED`, for logs.
 pub fn redacted_json(text: &str) -> String {
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(mut map)) => {
-            if map.contains_key("GitHubAccessToken") {
-                map.insert("GitHubAccessToken".into(), Value::String("REDACTED".into()));
-            }
-            Value::Object(map).to_string()
+        Ok(mut value) => {
+            redact(&mut value);
+            value.to_string()
         }
-        _ => "<unparseable deployment specification>".into(),
+        Err(_) => "<unparseable deployment specification>".into(),
     }
 }
 
@@ -527,6 +545,9 @@ mod tests {
     #[test]
     fn token_is_redacted() {
         let mut v = base();
+        v["Revision"] = json!({"RevisionType": "GitHub", "GitHubRevision": {"Account": "a", "Repository": "r", "CommitId": "c", "OAuthToken": "gho_secret"}});
+        let out = redacted_json(&v.to_string());
+        assert!(!out.contains("gho_secret"), "{out}");
         v["GitHubAccessToken"] = json!("ghp_secret");
         let out = redacted_json(&v.to_string());
         assert!(!out.contains("ghp_secret"));
