@@ -445,6 +445,49 @@ fn github_download_sends_the_token_and_follows_redirects() {
 }
 
 #[test]
+fn fetcher_for_spec_sends_that_deployments_token() {
+    use codedeploy_agent::revision::{Fetch, Fetched, Fetcher};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = Script::serve(vec![
+        (200, vec![], b"with token".to_vec()),
+        (200, vec![], b"anonymous".to_vec()),
+    ]);
+    let json = r#"{"DeploymentId": "d-ABC", "DeploymentGroupId": "dg", "DeploymentGroupName": "g",
+        "ApplicationName": "a", "GitHubAccessToken": "ghp_from_spec",
+        "Revision": {"RevisionType": "GitHub", "GitHubRevision":
+            {"Account": "acme", "Repository": "app", "CommitId": "c0ffee", "BundleType": "zip"}}}"#;
+    let spec = codedeploy_agent::spec::DeploymentSpec::from_json(json).expect("spec");
+    let fetcher = Fetcher::new(None, Some(github(&server.url, &runtime, ms(&[]))));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dest = tmp.path().join("bundle.tar");
+    let archive_dir = tmp.path().join("deployment-archive");
+    let fetched = fetcher
+        .for_spec(&spec)
+        .fetch(&spec.revision, &dest, &archive_dir)
+        .expect("fetch");
+    assert_eq!(
+        fetched,
+        Fetched::Archive {
+            bundle_type: "zip".into()
+        }
+    );
+    fetcher
+        .fetch(&spec.revision, &dest, &archive_dir)
+        .expect("anonymous fetch");
+    let requests = server.requests();
+    assert!(
+        requests[0].starts_with("GET /repos/acme/app/zipball/c0ffee "),
+        "{requests:?}"
+    );
+    assert!(
+        requests[0]
+            .to_ascii_lowercase()
+            .contains("authorization: token ghp_from_spec")
+    );
+    assert!(!requests[1].to_ascii_lowercase().contains("authorization"));
+}
+
+#[test]
 fn github_retries_a_server_error_then_succeeds() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let server = Script::serve(vec![
@@ -589,6 +632,43 @@ fn s3_body_that_breaks_off_is_resumed_where_it_stopped() {
         requests[2]
             .to_ascii_lowercase()
             .contains("range: bytes=15-19"),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn proxy_uri_carries_s3_and_github_requests() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let proxy = Script::serve(vec![
+        (200, vec![("ETag", "\"e1\"".into())], b"via proxy".to_vec()),
+        (200, vec![], b"github via proxy".to_vec()),
+    ]);
+    let settings = S3Settings {
+        region: "us-east-1".into(),
+        endpoint_override: Some("http://s3.test.invalid".into()),
+        proxy_uri: Some(proxy.url.clone()),
+        ..S3Settings::default()
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dest = tmp.path().join("bundle.tar");
+    S3Fetcher::new(settings, moto::credentials(), runtime.handle().clone())
+        .expect("fetcher")
+        .download(&object("bkt", "k"), &dest)
+        .expect("download through the proxy");
+    assert_eq!(fs::read(&dest).expect("read"), b"via proxy");
+    GitHubFetcher::new(Some(&proxy.url), runtime.handle().clone())
+        .expect("client")
+        .with_base_url("http://api.github.test.invalid")
+        .download(&ARCHIVE, &dest)
+        .expect("github through the proxy");
+    assert_eq!(fs::read(&dest).expect("read"), b"github via proxy");
+    let requests = proxy.requests();
+    assert!(
+        requests[0].starts_with("GET http://bkt.s3.test.invalid/k"),
+        "{requests:?}"
+    );
+    assert!(
+        requests[1].starts_with("GET http://api.github.test.invalid/repos/acme/app/tarball/abc123"),
         "{requests:?}"
     );
 }
