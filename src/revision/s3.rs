@@ -415,6 +415,18 @@ pub fn host_is_ip_or_localhost(url: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// `bytes 0-9/20` → (10, 20): the bytes this response carries (from 0) and the object size.
+fn parse_content_range(range: &str) -> Option<(u64, u64)> {
+    let (span, total) = range.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last, total) = (
+        first.parse::<u64>().ok()?,
+        last.parse::<u64>().ok()?,
+        total.parse::<u64>().ok()?,
+    );
+    (first == 0 && last < total).then_some((last + 1, total))
+}
+
 fn strip_quotes(etag: &str) -> &str {
     etag.trim_matches('"')
 }
@@ -515,12 +527,12 @@ async fn download(
             actual: etag,
         });
     }
-    let first_len = u64::try_from(first.content_length().unwrap_or(0)).unwrap_or(0);
-    let total = first
+    let body_len = u64::try_from(first.content_length().unwrap_or(0)).unwrap_or(0);
+    // A 206 says `bytes 0-<last>/<total>`; a 200 (range ignored, or an empty object) is whole.
+    let (first_len, total) = first
         .content_range()
-        .and_then(|r| r.rsplit_once('/'))
-        .and_then(|(_, total)| total.parse::<u64>().ok())
-        .unwrap_or(first_len);
+        .and_then(parse_content_range)
+        .unwrap_or((body_len, body_len));
     let opaque_etag = matches!(
         first.server_side_encryption(),
         Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
@@ -797,6 +809,15 @@ mod tests {
         for url in ["https://s3.amazonaws.com", "https://minio.internal:9000"] {
             assert!(!host_is_ip_or_localhost(url), "{url}");
         }
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 0-9/20"), Some((10, 20)));
+        assert_eq!(parse_content_range("bytes 0-19/20"), Some((20, 20)));
+        assert_eq!(parse_content_range("bytes 5-9/20"), None);
+        assert_eq!(parse_content_range("bytes 0-9/*"), None);
+        assert_eq!(parse_content_range("bytes 0-20/20"), None);
     }
 
     #[test]
