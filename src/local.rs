@@ -15,7 +15,7 @@ use crate::cli::LocalArgs;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::deploy::executor::{CommandFailure, EngineSettings, Executor, HookMapping, Progress};
 use crate::deploy::layout::DeploymentRoot;
-use crate::revision::local::LocalFetcher;
+use crate::revision::StandaloneFetcher;
 
 /// A problem with the options, printed as `ERROR: <message>` (exit 1).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -539,7 +539,11 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     };
     let mapping = HookMapping::identity(hook_events(run.events.as_deref()));
     let settings = EngineSettings::from_config(&config, &root);
-    let fetcher = LocalFetcher;
+    // S3 and GitHub locations get their network clients (and a runtime) here.
+    let fetcher = match StandaloneFetcher::for_revision(&config, &spec.revision) {
+        Ok(fetcher) => fetcher,
+        Err(e) => return fail(&e.to_string()),
+    };
     let executor = Executor {
         root,
         settings,

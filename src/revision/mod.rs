@@ -1,12 +1,21 @@
-//! Getting a revision's bundle onto disk: fetching (local file or directory here; S3 and
-//! GitHub with the daemon work) and safe unpacking (`archive`).
+//! Getting a revision's bundle onto disk: fetching (`local`, `s3`, `github`, combined by
+//! [`Fetcher`]) and safe unpacking (`archive`).
 
 pub mod archive;
+pub mod github;
 pub mod local;
+pub mod s3;
 
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::spec::Revision;
+use crate::config::Config;
+use crate::spec::{DeploymentSpec, Revision};
+use github::{GitHubArchive, GitHubFetchError, GitHubFetcher};
+use local::LocalFetcher;
+use s3::{S3FetchError, S3Fetcher, S3Object, S3Settings};
 
 /// Why a revision could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +27,10 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    S3(#[from] S3FetchError),
+    #[error(transparent)]
+    GitHub(#[from] GitHubFetchError),
     #[error("{0}")]
     Unsupported(String),
     #[error("{0}")]
@@ -33,8 +46,8 @@ pub enum Fetched {
     Directory,
 }
 
-/// Brings a revision into a deployment directory. The daemon plugs in S3 and GitHub; local
-/// mode and tests use [`local::LocalFetcher`].
+/// Brings a revision into a deployment directory: [`Fetcher`] for every revision type,
+/// [`local::LocalFetcher`] for local ones only.
 pub trait Fetch: Send + Sync {
     /// `bundle_file` is `<deployment dir>/bundle.tar`; `archive_dir` is
     /// `<deployment dir>/deployment-archive` (already removed by the caller).
@@ -44,4 +57,219 @@ pub trait Fetch: Send + Sync {
         bundle_file: &Path,
         archive_dir: &Path,
     ) -> Result<Fetched, FetchError>;
+}
+
+/// Fetches every revision type: local ones directly, S3 and GitHub through their clients when
+/// configured. Build one per process and, in the daemon, pass [`Fetcher::for_spec`] to the
+/// executor so GitHub downloads carry that deployment's access token.
+#[derive(Debug, Default)]
+pub struct Fetcher {
+    s3: Option<S3Fetcher>,
+    github: Option<GitHubFetcher>,
+}
+
+impl Fetcher {
+    pub fn new(s3: Option<S3Fetcher>, github: Option<GitHubFetcher>) -> Self {
+        Self { s3, github }
+    }
+
+    /// This fetcher with the spec's `GitHubAccessToken` (anonymous without one).
+    pub fn for_spec<'a>(&'a self, spec: &'a DeploymentSpec) -> WithToken<'a> {
+        WithToken {
+            fetcher: self,
+            github_token: spec.github_access_token.as_deref(),
+        }
+    }
+
+    fn fetch_with_token(
+        &self,
+        revision: &Revision,
+        github_token: Option<&str>,
+        bundle_file: &Path,
+        archive_dir: &Path,
+    ) -> Result<Fetched, FetchError> {
+        match revision {
+            Revision::S3 {
+                bucket,
+                key,
+                bundle_type,
+                version,
+                etag,
+            } => {
+                let s3 = self.s3.as_ref().ok_or_else(|| {
+                    FetchError::Unsupported("no S3 client is configured in this process".into())
+                })?;
+                let object = S3Object {
+                    bucket,
+                    key,
+                    version: version.as_deref(),
+                    etag: etag.as_deref(),
+                };
+                s3.download(&object, bundle_file)?;
+                Ok(Fetched::Archive {
+                    bundle_type: bundle_type.clone(),
+                })
+            }
+            Revision::GitHub {
+                account,
+                repository,
+                commit_id,
+                bundle_type,
+            } => {
+                let github = self.github.as_ref().ok_or_else(|| {
+                    FetchError::Unsupported("no GitHub client is configured in this process".into())
+                })?;
+                let archive = GitHubArchive {
+                    account,
+                    repository,
+                    commit: commit_id,
+                    bundle_type: bundle_type.as_deref(),
+                    token: github_token,
+                };
+                let bundle_type = github.download(&archive, bundle_file)?;
+                Ok(Fetched::Archive {
+                    bundle_type: bundle_type.into(),
+                })
+            }
+            Revision::LocalFile { .. } | Revision::LocalDirectory { .. } => {
+                LocalFetcher.fetch(revision, bundle_file, archive_dir)
+            }
+        }
+    }
+}
+
+impl Fetch for Fetcher {
+    /// GitHub downloads are anonymous here; see [`Fetcher::for_spec`].
+    fn fetch(
+        &self,
+        revision: &Revision,
+        bundle_file: &Path,
+        archive_dir: &Path,
+    ) -> Result<Fetched, FetchError> {
+        self.fetch_with_token(revision, None, bundle_file, archive_dir)
+    }
+}
+
+/// A [`Fetcher`] carrying one deployment's GitHub access token.
+#[derive(Debug, Clone, Copy)]
+pub struct WithToken<'a> {
+    fetcher: &'a Fetcher,
+    github_token: Option<&'a str>,
+}
+
+impl Fetch for WithToken<'_> {
+    fn fetch(
+        &self,
+        revision: &Revision,
+        bundle_file: &Path,
+        archive_dir: &Path,
+    ) -> Result<Fetched, FetchError> {
+        self.fetcher
+            .fetch_with_token(revision, self.github_token, bundle_file, archive_dir)
+    }
+}
+
+/// A [`Fetcher`] with its own tokio runtime, for synchronous programs (local mode). Only the
+/// client the revision needs is built: S3 from the SDK's default credential and region chains,
+/// GitHub anonymous.
+#[derive(Debug)]
+pub struct StandaloneFetcher {
+    fetcher: Fetcher,
+    // Declared last so the clients are dropped before the runtime they use.
+    _runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl StandaloneFetcher {
+    pub fn for_revision(config: &Config, revision: &Revision) -> Result<Self, FetchError> {
+        if !matches!(revision, Revision::S3 { .. } | Revision::GitHub { .. }) {
+            return Ok(Self {
+                fetcher: Fetcher::default(),
+                _runtime: None,
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("codedeploy-fetch")
+            .enable_all()
+            .build()
+            .map_err(|e| FetchError::Other(format!("could not start the I/O runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let fetcher = match revision {
+            Revision::GitHub { .. } => Fetcher::new(
+                None,
+                Some(GitHubFetcher::new(config.proxy_uri.as_deref(), handle)?),
+            ),
+            _ => {
+                let settings = S3Settings::from_config(config, String::new());
+                let s3 = runtime.block_on(S3Fetcher::from_environment(settings, handle))?;
+                Fetcher::new(Some(s3), None)
+            }
+        };
+        Ok(Self {
+            fetcher,
+            _runtime: Some(runtime),
+        })
+    }
+}
+
+impl Fetch for StandaloneFetcher {
+    fn fetch(
+        &self,
+        revision: &Revision,
+        bundle_file: &Path,
+        archive_dir: &Path,
+    ) -> Result<Fetched, FetchError> {
+        self.fetcher.fetch(revision, bundle_file, archive_dir)
+    }
+}
+
+/// Replaces whatever is at `dest` (a previous bundle, or the symlink a local revision left)
+/// with a new empty file: never writes through a symlink.
+pub(crate) fn create_bundle_file(dest: &Path) -> io::Result<File> {
+    match std::fs::remove_file(dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn bundle_file_replaces_a_symlink_without_following_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"keep me").expect("write");
+        let dest = tmp.path().join("bundle.tar");
+        std::os::unix::fs::symlink(&victim, &dest).expect("symlink");
+        let f = create_bundle_file(&dest).expect("create");
+        f.write_all_at(b"new", 0).expect("write");
+        assert_eq!(std::fs::read(&victim).expect("read"), b"keep me");
+        assert_eq!(std::fs::read(&dest).expect("read"), b"new");
+    }
+
+    #[test]
+    fn unconfigured_clients_are_reported() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let revision = Revision::S3 {
+            bucket: "b".into(),
+            key: "k".into(),
+            bundle_type: "zip".into(),
+            version: None,
+            etag: None,
+        };
+        let err = Fetcher::default()
+            .fetch(&revision, &tmp.path().join("bundle.tar"), tmp.path())
+            .expect_err("no client");
+        assert!(err.to_string().contains("no S3 client"), "{err}");
+    }
 }
