@@ -5,6 +5,9 @@
 //!
 //! This module never touches the deployment root.
 
+pub mod client;
+pub mod endpoint;
+
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
