@@ -5,6 +5,8 @@
 //!
 //! This module never touches the deployment root.
 
+pub mod client;
+pub mod endpoint;
 pub mod identity;
 pub mod onprem;
 

@@ -1,0 +1,646 @@
+//! The host-commands wire client: AWS JSON 1.1 over HTTPS, signed with SigV4
+//! (agent-behaviour.md §1.1, §1.2, §1.6, §1.7).
+//!
+//! Every operation is `POST /` to the endpoint with `Content-Type: application/x-amz-json-1.1`,
+//! `X-Amz-Target: <prefix>.<Operation>` and `x-amz-codedeploy-agent-version`, all three signed.
+//! Credentials are asked of the provider on every request, so rotated instance-profile or
+//! on-premises credentials are picked up without a restart. No retries happen here: the
+//! daemon's poll loop owns backoff and the throttle gate.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::endpoint::ServiceVariant;
+use super::{ControlError, Envelope, HostCommand, HostCommands, SpecificationResponse};
+use crate::config::Config;
+
+/// Default `http_read_timeout` (seconds in the configuration file).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(80);
+/// aws-sdk-core's default open timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How much of an error body is kept in `ControlError::Service::body` and logged.
+pub const MAX_KEPT_BODY: usize = 4096;
+
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+const AGENT_VERSION_HEADER: &str = "x-amz-codedeploy-agent-version";
+/// Where the AWS packages put `.version` when `<root_dir>/../.version` is missing.
+const FALLBACK_VERSION_DIR: &str = "/opt/codedeploy-agent";
+
+/// The `x-amz-codedeploy-agent-version` value.
+///
+/// Like the AWS agent, reads `<opt_root>/.version`, then `/opt/codedeploy-agent/.version`;
+/// the file holds one line `agent_version: <value>` and the value is the text after the last
+/// `": "`, trimmed. `opt_root` is the directory above `root_dir` (pass `root_dir.join("..")`).
+///
+/// Where the AWS agent sends `UNKNOWN_VERSION` when neither file exists (or the value is
+/// empty), this agent sends `codedeploy-agent-rs/<crate version>` so the service side can tell
+/// the implementations apart.
+pub fn agent_version_header(opt_root: &Path) -> String {
+    let candidates = [
+        opt_root.join(".version"),
+        Path::new(FALLBACK_VERSION_DIR).join(".version"),
+    ];
+    version_from_files(&candidates).unwrap_or_else(default_agent_version)
+}
+
+/// `codedeploy-agent-rs/<crate version>`: the version header when no `.version` file says
+/// otherwise.
+pub fn default_agent_version() -> String {
+    format!("codedeploy-agent-rs/{}", crate::VERSION)
+}
+
+fn version_from_files(candidates: &[std::path::PathBuf]) -> Option<String> {
+    for path in candidates {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let value = parse_version_file(&text);
+                if value.is_empty() {
+                    tracing::warn!(path = %path.display(), "version tracking file has no value");
+                    return None;
+                }
+                tracing::debug!(path = %path.display(), version = value, "version file found");
+                return Some(value.to_owned());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the version tracking file");
+            }
+        }
+    }
+    tracing::warn!(
+        "Version tracking file either does not exist or cannot be read; sending {}",
+        default_agent_version()
+    );
+    None
+}
+
+/// `File.read(path).split(': ').last.strip`.
+fn parse_version_file(text: &str) -> &str {
+    text.rsplit_once(": ").map_or(text, |(_, v)| v).trim()
+}
+
+/// The `User-Agent` this agent sends.
+pub fn user_agent() -> String {
+    format!(
+        "codedeploy-agent-rs/{} (aws-codedeploy-agent drop-in replacement)",
+        crate::VERSION
+    )
+}
+
+/// How to reach and talk to the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// The endpoint URL (`endpoint::resolve`); requests go to its root.
+    pub endpoint: String,
+    /// The SigV4 signing region (the configured region).
+    pub region: String,
+    /// Default or secure model: signing name and target prefix.
+    pub variant: ServiceVariant,
+    /// The `x-amz-codedeploy-agent-version` value (`agent_version_header`).
+    pub agent_version: String,
+    /// `:proxy_uri:`, e.g. `http://user:pass@proxy:3128`. Without it no proxy is used, not even
+    /// one from `HTTPS_PROXY`: the AWS agent passes only this setting to its client.
+    pub proxy_uri: Option<String>,
+    /// Per-read timeout, including the wait for the response head (`http_read_timeout`).
+    pub read_timeout: Duration,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// A configuration with the default timeouts and no proxy.
+    pub fn new(
+        endpoint: impl Into<String>,
+        region: impl Into<String>,
+        variant: ServiceVariant,
+        agent_version: impl Into<String>,
+    ) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            region: region.into(),
+            variant,
+            agent_version: agent_version.into(),
+            proxy_uri: None,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Takes `enable_auth_policy`, `proxy_uri` and `http_read_timeout` from the agent
+    /// configuration; the endpoint and region are resolved by the caller.
+    pub fn from_config(
+        config: &Config,
+        endpoint: impl Into<String>,
+        region: impl Into<String>,
+        agent_version: impl Into<String>,
+    ) -> Self {
+        Self {
+            proxy_uri: config.proxy_uri.clone().filter(|p| !p.trim().is_empty()),
+            read_timeout: Duration::from_secs(config.http_read_timeout),
+            ..Self::new(
+                endpoint,
+                region,
+                ServiceVariant::from_auth_policy(config.enable_auth_policy),
+                agent_version,
+            )
+        }
+    }
+}
+
+/// Why the client could not be built.
+#[derive(Debug, Error)]
+pub enum ClientBuildError {
+    #[error("invalid CodeDeploy endpoint {url:?}: {reason}")]
+    Endpoint { url: String, reason: String },
+    #[error("invalid proxy_uri {uri:?}: {source}")]
+    Proxy {
+        uri: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("invalid agent version {0:?}: not a valid HTTP header value")]
+    AgentVersion(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
+/// `HostCommands` over HTTP.
+#[derive(Debug, Clone)]
+pub struct HttpHostCommands {
+    http: reqwest::Client,
+    config: ClientConfig,
+    /// The endpoint with its path normalised (`https://host/`): signed and sent identically.
+    url: reqwest::Url,
+    credentials: SharedCredentialsProvider,
+}
+
+impl HttpHostCommands {
+    /// Builds the client. Installs the ring crypto provider for rustls if none is installed.
+    pub fn new(
+        config: ClientConfig,
+        credentials: SharedCredentialsProvider,
+    ) -> Result<Self, ClientBuildError> {
+        let url =
+            reqwest::Url::parse(&config.endpoint).map_err(|e| ClientBuildError::Endpoint {
+                url: config.endpoint.clone(),
+                reason: e.to_string(),
+            })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ClientBuildError::Endpoint {
+                url: config.endpoint.clone(),
+                reason: "expected an http:// or https:// URL with a host".into(),
+            });
+        }
+        if http::HeaderValue::from_str(&config.agent_version).is_err() {
+            return Err(ClientBuildError::AgentVersion(config.agent_version.clone()));
+        }
+        // Already installed (by us or the S3 client) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(user_agent())
+            .read_timeout(config.read_timeout)
+            .connect_timeout(config.connect_timeout)
+            .no_proxy();
+        if let Some(uri) = &config.proxy_uri {
+            let proxy =
+                reqwest::Proxy::all(uri.as_str()).map_err(|source| ClientBuildError::Proxy {
+                    uri: redact_userinfo(uri),
+                    source,
+                })?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder.build().map_err(ClientBuildError::Http)?;
+        Ok(Self {
+            http,
+            config,
+            url,
+            credentials,
+        })
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// One JSON 1.1 call: sign, send, and decode the answer or the error.
+    async fn call<I: Serialize, O: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        input: &I,
+    ) -> Result<O, ControlError> {
+        let body = serde_json::to_vec(input)
+            .map_err(|e| ControlError::Decode(format!("cannot encode {operation}: {e}")))?;
+        let target = format!("{}.{operation}", self.config.variant.target_prefix());
+        let credentials = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| ControlError::Credentials(error_chain(&e)))?;
+        let identity: Identity = credentials.into();
+
+        let unsigned = [
+            ("content-type", CONTENT_TYPE),
+            ("x-amz-target", target.as_str()),
+            (AGENT_VERSION_HEADER, self.config.agent_version.as_str()),
+        ];
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.config.region)
+            .name(self.config.variant.signing_name())
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| ControlError::Credentials(format!("cannot sign {operation}: {e}")))?;
+        let signable = SignableRequest::new(
+            "POST",
+            self.url.as_str(),
+            unsigned.iter().copied(),
+            SignableBody::Bytes(&body),
+        )
+        .map_err(|e| ControlError::Credentials(format!("cannot sign {operation}: {e}")))?;
+        let (instructions, _signature) = sign(signable, &params.into())
+            .map_err(|e| ControlError::Credentials(format!("cannot sign {operation}: {e}")))?
+            .into_parts();
+
+        let mut request = self.http.post(self.url.clone());
+        for (name, value) in unsigned {
+            request = request.header(name, value);
+        }
+        for (name, value) in instructions.headers() {
+            request = request.header(name, value);
+        }
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| network_error(operation, &e, self.config.read_timeout))?;
+        let status = response.status();
+        let request_id = response
+            .headers()
+            .get("x-amzn-requestid")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let error_type = response
+            .headers()
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| network_error(operation, &e, self.config.read_timeout))?;
+        tracing::debug!(
+            operation,
+            status = status.as_u16(),
+            request_id,
+            body = %String::from_utf8_lossy(truncate(&bytes)),
+            "host-commands response"
+        );
+        if !status.is_success() {
+            return Err(service_error(
+                status.as_u16(),
+                error_type.as_deref(),
+                &bytes,
+            ));
+        }
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes).map_err(|e| {
+            ControlError::Decode(format!(
+                "{operation}: {e}: {}",
+                String::from_utf8_lossy(truncate(bytes))
+            ))
+        })
+    }
+}
+
+/// Request and response shapes (§1.2): PascalCase members, nil members left out.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PollRequest<'a> {
+    host_identifier: &'a str,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PollResponse {
+    #[serde(default)]
+    host_command: Option<HostCommand>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct SpecificationRequest<'a> {
+    deployment_execution_id: &'a str,
+    host_identifier: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct AcknowledgementRequest<'a> {
+    host_command_identifier: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diagnostics: Option<&'a Envelope>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AcknowledgementResponse {
+    #[serde(default)]
+    command_status: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CompleteRequest<'a> {
+    host_command_identifier: &'a str,
+    command_status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diagnostics: Option<&'a Envelope>,
+}
+
+/// `PutHostCommandComplete` answers an empty structure; anything else is ignored.
+#[derive(Deserialize)]
+struct Empty {}
+
+impl HostCommands for HttpHostCommands {
+    async fn poll_host_command(
+        &self,
+        host_identifier: &str,
+    ) -> Result<Option<HostCommand>, ControlError> {
+        let out: PollResponse = self
+            .call("PollHostCommand", &PollRequest { host_identifier })
+            .await?;
+        Ok(out.host_command)
+    }
+
+    async fn get_deployment_specification(
+        &self,
+        deployment_execution_id: &str,
+        host_identifier: &str,
+    ) -> Result<SpecificationResponse, ControlError> {
+        self.call(
+            "GetDeploymentSpecification",
+            &SpecificationRequest {
+                deployment_execution_id,
+                host_identifier,
+            },
+        )
+        .await
+    }
+
+    async fn put_host_command_acknowledgement(
+        &self,
+        host_command_identifier: &str,
+        diagnostics: Option<&Envelope>,
+    ) -> Result<Option<String>, ControlError> {
+        let out: AcknowledgementResponse = self
+            .call(
+                "PutHostCommandAcknowledgement",
+                &AcknowledgementRequest {
+                    host_command_identifier,
+                    diagnostics,
+                },
+            )
+            .await?;
+        Ok(out.command_status)
+    }
+
+    async fn put_host_command_complete(
+        &self,
+        host_command_identifier: &str,
+        command_status: &str,
+        diagnostics: Option<&Envelope>,
+    ) -> Result<(), ControlError> {
+        let _: Empty = self
+            .call(
+                "PutHostCommandComplete",
+                &CompleteRequest {
+                    host_command_identifier,
+                    command_status,
+                    diagnostics,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// A non-2xx answer as aws-sdk-core reads it: the code from the body's `__type` (or `code`),
+/// else the `x-amzn-ErrorType` header, keeping the part after `#` (and before `:` for the
+/// header); else `Http<status>Error`. The message from `message` or `Message`.
+fn service_error(status: u16, error_type_header: Option<&str>, body: &[u8]) -> ControlError {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let field = |names: &[&str]| -> Option<String> {
+        let obj = json.as_ref()?.as_object()?;
+        names
+            .iter()
+            .find_map(|n| obj.get(*n)?.as_str().map(str::to_owned))
+    };
+    let code = field(&["__type", "code", "Code"])
+        .or_else(|| {
+            error_type_header.map(|h| h.split_once(':').map_or(h, |(code, _)| code).to_owned())
+        })
+        .map(|c| c.rsplit('#').next().unwrap_or_default().trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| format!("Http{status}Error"));
+    let message = field(&["message", "Message", "errorMessage"]).unwrap_or_default();
+    ControlError::Service {
+        code,
+        message,
+        status,
+        body: String::from_utf8_lossy(truncate(body)).into_owned(),
+    }
+}
+
+fn truncate(body: &[u8]) -> &[u8] {
+    &body[..body.len().min(MAX_KEPT_BODY)]
+}
+
+fn network_error(operation: &str, e: &reqwest::Error, read_timeout: Duration) -> ControlError {
+    let mut text = format!("{operation}: ");
+    if e.is_timeout() {
+        let _ = write!(
+            text,
+            "timed out (read timeout {}s): ",
+            read_timeout.as_secs_f64()
+        );
+    }
+    text.push_str(&error_chain(e));
+    ControlError::Network(text)
+}
+
+/// `e: cause: cause`, skipping a cause whose text the previous one already contains.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// The proxy URI without its password, for error messages.
+fn redact_userinfo(uri: &str) -> String {
+    match reqwest::Url::parse(uri) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("REDACTED"));
+            url.to_string()
+        }
+        _ => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_file_value_is_the_text_after_the_colon() {
+        assert_eq!(
+            parse_version_file("agent_version: OFFICIAL_1.8.1-7_deb\n"),
+            "OFFICIAL_1.8.1-7_deb"
+        );
+        assert_eq!(
+            parse_version_file("agent_version: COMMIT_abc"),
+            "COMMIT_abc"
+        );
+        assert_eq!(parse_version_file("  bare \n"), "bare");
+    }
+
+    #[test]
+    fn version_files_are_tried_in_order_then_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = dir.path().join("a/.version");
+        let second = dir.path().join("b/.version");
+        std::fs::create_dir_all(dir.path().join("b")).expect("mkdir");
+        std::fs::write(&second, "agent_version: OFFICIAL_1.8.1\n").expect("write");
+        let candidates = [first.clone(), second];
+        assert_eq!(
+            version_from_files(&candidates).as_deref(),
+            Some("OFFICIAL_1.8.1")
+        );
+        std::fs::create_dir_all(dir.path().join("a")).expect("mkdir");
+        std::fs::write(&first, "agent_version: COMMIT_1234\n").expect("write");
+        assert_eq!(
+            version_from_files(&candidates).as_deref(),
+            Some("COMMIT_1234")
+        );
+        assert_eq!(version_from_files(&[dir.path().join("none")]), None);
+        assert_eq!(
+            default_agent_version(),
+            format!("codedeploy-agent-rs/{}", crate::VERSION)
+        );
+        // The public entry point reads <opt_root>/.version first.
+        assert_eq!(agent_version_header(&dir.path().join("a")), "COMMIT_1234");
+    }
+
+    #[test]
+    fn error_code_from_type_header_or_status() {
+        let e = service_error(
+            400,
+            None,
+            br#"{"__type":"com.amazonaws.codedeploy#ClientException","message":"bad"}"#,
+        );
+        assert_eq!(
+            e,
+            ControlError::Service {
+                code: "ClientException".into(),
+                message: "bad".into(),
+                status: 400,
+                body: r#"{"__type":"com.amazonaws.codedeploy#ClientException","message":"bad"}"#
+                    .into(),
+            }
+        );
+        let e = service_error(
+            400,
+            Some("ThrottlingException:http://internal.amazon.com/"),
+            br#"{"Message":"Rate exceeded"}"#,
+        );
+        assert!(
+            matches!(&e, ControlError::Service { code, message, .. } if code == "ThrottlingException" && message == "Rate exceeded")
+        );
+        assert!(e.is_throttling());
+        let e = service_error(502, None, b"<html>bad gateway</html>");
+        assert!(
+            matches!(&e, ControlError::Service { code, message, body, .. } if code == "Http502Error" && message.is_empty() && body == "<html>bad gateway</html>")
+        );
+        let big = vec![b'x'; MAX_KEPT_BODY * 2];
+        let ControlError::Service { body, .. } = service_error(500, None, &big) else {
+            panic!("service error expected");
+        };
+        assert_eq!(body.len(), MAX_KEPT_BODY);
+    }
+
+    #[test]
+    fn request_shapes_omit_nil_members() {
+        let ack = AcknowledgementRequest {
+            host_command_identifier: "hc-1",
+            diagnostics: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&ack).expect("json"),
+            r#"{"HostCommandIdentifier":"hc-1"}"#
+        );
+        let env = Envelope::json("{}");
+        let complete = CompleteRequest {
+            host_command_identifier: "hc-1",
+            command_status: "Succeeded",
+            diagnostics: Some(&env),
+        };
+        assert_eq!(
+            serde_json::to_string(&complete).expect("json"),
+            r#"{"HostCommandIdentifier":"hc-1","CommandStatus":"Succeeded","Diagnostics":{"Format":"JSON","Payload":"{}"}}"#
+        );
+    }
+
+    #[test]
+    fn proxy_password_is_redacted() {
+        assert_eq!(
+            redact_userinfo("http://user:secret@proxy:3128"),
+            "http://user:REDACTED@proxy:3128/"
+        );
+        assert_eq!(redact_userinfo("http://proxy:3128"), "http://proxy:3128");
+    }
+
+    #[test]
+    fn bad_endpoint_and_version_are_rejected() {
+        let creds = SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+            "AK", "SK", None, None, "test",
+        ));
+        let cfg = ClientConfig::new("not a url", "us-east-1", ServiceVariant::Default, "v");
+        assert!(matches!(
+            HttpHostCommands::new(cfg, creds.clone()),
+            Err(ClientBuildError::Endpoint { .. })
+        ));
+        let cfg = ClientConfig::new(
+            "https://x.example",
+            "us-east-1",
+            ServiceVariant::Default,
+            "bad\nversion",
+        );
+        assert!(matches!(
+            HttpHostCommands::new(cfg, creds),
+            Err(ClientBuildError::AgentVersion(_))
+        ));
+    }
+}
