@@ -2,6 +2,8 @@
 //! config file, bundle builders, and a runner for the real binary.
 #![allow(dead_code)]
 
+pub mod fake_service;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
