@@ -7,7 +7,7 @@
 //!
 //! ```ignore
 //! let fake = FakeService::start();
-//! fake.enqueue(HOST, command("hc-1", "DownloadBundle"));
+//! fake.enqueue(HOST, command("hc-1", "DownloadBundle", HOST, EXECUTION_ID));
 //! let client = HttpHostCommands::new(fake.client_config(), fake.provider())?;
 //! ```
 
