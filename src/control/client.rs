@@ -29,6 +29,9 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(80);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How much of an error body is kept in `ControlError::Service::body` and logged.
 pub const MAX_KEPT_BODY: usize = 4096;
+/// The largest answer read; the service's answers are a few KiB (an envelope payload is at most
+/// 8192 characters).
+pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const AGENT_VERSION_HEADER: &str = "x-amz-codedeploy-agent-version";
@@ -209,6 +212,8 @@ impl HttpHostCommands {
             .user_agent(user_agent())
             .read_timeout(config.read_timeout)
             .connect_timeout(config.connect_timeout)
+            // aws-sdk does not follow redirects; a redirected POST would turn into a GET.
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy();
         if let Some(uri) = &config.proxy_uri {
             let proxy =
@@ -230,6 +235,49 @@ impl HttpHostCommands {
     /// The configuration this client was built with.
     pub fn config(&self) -> &ClientConfig {
         &self.config
+    }
+
+    /// The whole answer, refusing one larger than `MAX_RESPONSE_BODY`.
+    async fn read_body(
+        &self,
+        operation: &str,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, ControlError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.network_error(operation, &e))?
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE_BODY {
+                return Err(ControlError::Decode(format!(
+                    "{operation}: the answer is larger than {MAX_RESPONSE_BODY} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    fn network_error(&self, operation: &str, e: &reqwest::Error) -> ControlError {
+        let mut text = format!("{operation}: ");
+        if e.is_timeout() {
+            let _ = if e.is_connect() {
+                write!(
+                    text,
+                    "connect timed out after {}s: ",
+                    self.config.connect_timeout.as_secs_f64()
+                )
+            } else {
+                write!(
+                    text,
+                    "timed out (read timeout {}s): ",
+                    self.config.read_timeout.as_secs_f64()
+                )
+            };
+        }
+        text.push_str(&error_chain(e));
+        ControlError::Network(text)
     }
 
     /// One JSON 1.1 call: sign, send, and decode the answer or the error.
@@ -283,7 +331,7 @@ impl HttpHostCommands {
             .body(body)
             .send()
             .await
-            .map_err(|e| network_error(operation, &e, self.config.read_timeout))?;
+            .map_err(|e| self.network_error(operation, &e))?;
         let status = response.status();
         let request_id = response
             .headers()
@@ -296,10 +344,7 @@ impl HttpHostCommands {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| network_error(operation, &e, self.config.read_timeout))?;
+        let bytes = self.read_body(operation, response).await?;
         tracing::debug!(
             operation,
             status = status.as_u16(),
@@ -471,19 +516,6 @@ fn truncate(body: &[u8]) -> &[u8] {
     &body[..body.len().min(MAX_KEPT_BODY)]
 }
 
-fn network_error(operation: &str, e: &reqwest::Error, read_timeout: Duration) -> ControlError {
-    let mut text = format!("{operation}: ");
-    if e.is_timeout() {
-        let _ = write!(
-            text,
-            "timed out (read timeout {}s): ",
-            read_timeout.as_secs_f64()
-        );
-    }
-    text.push_str(&error_chain(e));
-    ControlError::Network(text)
-}
-
 /// `e: cause: cause`, skipping a cause whose text the previous one already contains.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
@@ -611,6 +643,31 @@ mod tests {
             serde_json::to_string(&complete).expect("json"),
             r#"{"HostCommandIdentifier":"hc-1","CommandStatus":"Succeeded","Diagnostics":{"Format":"JSON","Payload":"{}"}}"#
         );
+    }
+
+    #[test]
+    fn client_config_from_the_agent_config() {
+        let mut config = Config::system_defaults();
+        config.enable_auth_policy = true;
+        config.proxy_uri = Some("http://proxy:3128".into());
+        config.http_read_timeout = 5;
+        let c = ClientConfig::from_config(&config, "https://e", "us-west-2", "v1");
+        assert_eq!(c.variant, ServiceVariant::Secure);
+        assert_eq!(c.proxy_uri.as_deref(), Some("http://proxy:3128"));
+        assert_eq!(c.read_timeout, Duration::from_secs(5));
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(
+            (c.endpoint.as_str(), c.region.as_str()),
+            ("https://e", "us-west-2")
+        );
+        // The shipped file's empty `:proxy_uri:` means no proxy.
+        config.proxy_uri = Some(String::new());
+        config.enable_auth_policy = false;
+        let c = ClientConfig::from_config(&config, "https://e", "us-west-2", "v1");
+        assert_eq!(c.proxy_uri, None);
+        assert_eq!(c.variant, ServiceVariant::Default);
+        let d = ClientConfig::from_config(&Config::system_defaults(), "https://e", "r", "v");
+        assert_eq!(d.read_timeout, DEFAULT_READ_TIMEOUT);
     }
 
     #[test]
