@@ -23,6 +23,8 @@ pub enum Command {
     Local(LocalArgs),
     /// Show what a local deployment would do, without changing anything.
     Plan(LocalArgs),
+    /// Run the agent in the foreground: poll CodeDeploy and run the commands it hands out.
+    Run(crate::daemon::start::RunArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -172,6 +172,9 @@ pub struct Config {
     pub hook_wait_for_inherited_output: bool,
     /// Ours: seconds between TERM and KILL of a timed-out hook's process group.
     pub hook_kill_grace_seconds: u64,
+    /// Ours: the daemon waits up to this many milliseconds, at random, before its first poll,
+    /// so instances launched together do not poll in lock-step.
+    pub startup_jitter_ms: u64,
 }
 
 /// Keys the AWS agent reads that this agent accepts without acting on them (process-model
@@ -223,6 +226,7 @@ impl Config {
             allow_setuid_in_bundle: false,
             hook_wait_for_inherited_output: false,
             hook_kill_grace_seconds: 5,
+            startup_jitter_ms: 5000,
         }
     }
 
@@ -357,6 +361,7 @@ impl Config {
                     config.hook_wait_for_inherited_output = boolean()?
                 }
                 "hook_kill_grace_seconds" => config.hook_kill_grace_seconds = integer(0)?,
+                "startup_jitter_ms" => config.startup_jitter_ms = integer(0)?,
                 "children" if !matches!(value, RawValue::Int(1) | RawValue::Null) => {
                     return Err(invalid(key, "children can only be set to 1".into()));
                 }

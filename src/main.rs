@@ -17,5 +17,6 @@ fn main() -> ExitCode {
         Command::Validate(args) => codedeploy_agent::validate::run(&args),
         Command::Local(args) => codedeploy_agent::local::run(&args),
         Command::Plan(args) => codedeploy_agent::preview::run(&args),
+        Command::Run(args) => codedeploy_agent::daemon::start::run(&args),
     }
 }

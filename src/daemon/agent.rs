@@ -19,7 +19,7 @@ use crate::deploy::executor::{
     CommandFailure, EngineSettings, Executor, HookMapping, SUCCESS_PAYLOAD,
 };
 use crate::deploy::layout::DeploymentRoot;
-use crate::revision::Fetch;
+use crate::revision::{Fetch, Fetcher};
 use crate::spec::{self, DeploymentSpec};
 
 /// The payload of a noop command completed after the acknowledgement answered `Failed`.
@@ -67,16 +67,16 @@ impl Default for DaemonOptions {
 pub struct Engine {
     pub root: DeploymentRoot,
     pub settings: EngineSettings,
-    pub fetcher: Arc<dyn Fetch>,
+    pub fetcher: Arc<Fetcher>,
     pub mapping: HookMapping,
 }
 
 impl Engine {
-    fn executor(&self) -> Executor<'_> {
+    fn executor<'a>(&'a self, fetcher: &'a dyn Fetch) -> Executor<'a> {
         Executor {
             root: self.root.clone(),
             settings: self.settings.clone(),
-            fetcher: &*self.fetcher,
+            fetcher,
         }
     }
 
@@ -566,7 +566,7 @@ impl<C: HostCommands + 'static> Agent<C> {
             let (name, spec) = (name.clone(), spec.clone());
             self.engine
                 .blocking("the noop check", move |e| {
-                    e.executor().is_noop(&name, &spec, &e.mapping)
+                    e.executor(&*e.fetcher).is_noop(&name, &spec, &e.mapping)
                 })
                 .await
         };
@@ -627,7 +627,12 @@ impl<C: HostCommands + 'static> Agent<C> {
             let (name, spec) = (name.clone(), spec.clone());
             self.engine
                 .blocking("the command", move |e| {
-                    e.executor().execute(&name, &spec, &e.mapping, &mut |_| {})
+                    e.executor(&e.fetcher.for_spec(&spec)).execute(
+                        &name,
+                        &spec,
+                        &e.mapping,
+                        &mut |_| {},
+                    )
                 })
                 .await
         };
@@ -684,7 +689,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::control::{DeploymentSpecification, SpecificationResponse};
-    use crate::revision::local::LocalFetcher;
 
     /// An in-memory service: scripted answers, every call recorded.
     #[derive(Default)]
@@ -781,7 +785,7 @@ mod tests {
         let engine = Engine {
             root: root.clone(),
             settings,
-            fetcher: Arc::new(LocalFetcher),
+            fetcher: Arc::new(Fetcher::default()),
             mapping: HookMapping::default_mapping(),
         };
         let options = DaemonOptions {

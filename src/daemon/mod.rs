@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod notify;
+pub mod start;
 pub mod tracking;
 
 pub use agent::{Agent, DaemonOptions, Engine, Shutdown};

@@ -2,6 +2,7 @@
 //! config file, bundle builders, and a runner for the real binary.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod fake_service;
 pub mod moto;
 pub mod signing;

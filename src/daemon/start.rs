@@ -1,0 +1,261 @@
+//! `codedeploy-agent run`: the daemon in the foreground, as systemd runs it. Loads the
+//! configuration, sets up logging, takes the pid lock, finds the host's identity and
+//! credentials, builds the host-commands client and the revision fetchers, recovers what a
+//! previous run still owes, and polls until SIGTERM/SIGINT (a second signal escalates).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::agent::{Agent, DaemonOptions, Engine, Shutdown};
+use super::tracking::Tracker;
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::control::client::{ClientConfig, HttpHostCommands, agent_version_header};
+use crate::control::endpoint::{self, EndpointInputs, ImdsLocation};
+use crate::control::identity::{self, Imds};
+use crate::deploy::executor::{EngineSettings, HookMapping};
+use crate::deploy::hooks::RunningHooks;
+use crate::deploy::layout::DeploymentRoot;
+use crate::revision::Fetcher;
+use crate::revision::github::GitHubFetcher;
+use crate::revision::s3::{S3Fetcher, S3Settings};
+
+/// The packaged fallback when `/etc/...` does not exist (§8.1).
+pub const FALLBACK_CONFIG_PATH: &str = "/opt/codedeploy-agent/conf/codedeployagent.yml";
+
+/// Options of `codedeploy-agent run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The agent configuration file (default: /etc/codedeploy-agent/conf/codedeployagent.yml,
+    /// else /opt/codedeploy-agent/conf/codedeployagent.yml).
+    #[arg(
+        short = 'c',
+        long = "config",
+        visible_alias = "config_file",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Also log to stderr (systemd's journal picks it up).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_to_stderr: bool,
+}
+
+fn config_path(explicit: Option<&Path>) -> PathBuf {
+    match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
+        None => PathBuf::from(FALLBACK_CONFIG_PATH),
+    }
+}
+
+/// Holds `<pid_dir>/<program>.pid.lock` for the life of the daemon, so two agents never
+/// share a deployment root.
+struct PidLock {
+    _lock: File,
+    pid_file: PathBuf,
+}
+
+impl PidLock {
+    fn acquire(config: &Config) -> Result<Self, String> {
+        let dir = &config.pid_dir;
+        fs::create_dir_all(dir).map_err(|e| {
+            format!("Please make sure the path of the PID directory exists and is writable: \"{}\" ({e})", dir.display())
+        })?;
+        let lock_path = dir.join(format!("{}.pid.lock", config.program_name));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("Could not open {}: {e}", lock_path.display()))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(format!(
+                "Could not acquire lock on {} - aborting start!",
+                lock_path.display()
+            ));
+        }
+        let pid_file = dir.join(format!("{}.pid", config.program_name));
+        let mut f = File::create(&pid_file)
+            .map_err(|e| format!("Could not write {}: {e}", pid_file.display()))?;
+        let _ = write!(f, "{}", std::process::id());
+        Ok(Self {
+            _lock: lock,
+            pid_file,
+        })
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.pid_file);
+    }
+}
+
+/// Runs the daemon until it is told to stop. Exit 0 after a clean shutdown, 1 when it cannot
+/// start (configuration, identity, lock).
+pub fn run(args: &RunArgs) -> ExitCode {
+    let path = config_path(args.config.as_deref());
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let log_file = format!("{}.log", config.program_name);
+    if let Err(e) = crate::logging::init(
+        &config.log_dir,
+        &log_file,
+        &config.program_name,
+        config.verbose,
+        args.log_to_stderr,
+    ) {
+        eprintln!("{e}");
+        return ExitCode::from(1);
+    }
+    let _lock = match PidLock::acquire(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .enable_all()
+        .thread_name("codedeploy-agent")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => {
+            tracing::info!("agent exiting now");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    identity::install_crypto_provider();
+    tracing::info!(version = crate::VERSION, config = ?config.path, "starting codedeploy-agent");
+    let imds = Imds::from_config(&config).map_err(|e| e.to_string())?;
+    let identity = identity::resolve(&config, &imds)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(host = %identity.host_identifier, region = %identity.region, on_prem = identity.on_prem, "identity");
+    let credentials = identity::credentials_provider(&config, &identity, imds.endpoint()).await;
+
+    let domain = identity.endpoint_domain();
+    let url = endpoint::resolve(&EndpointInputs {
+        deploy_control_endpoint: config.deploy_control_endpoint.as_deref(),
+        enable_auth_policy: config.enable_auth_policy,
+        use_fips_mode: config.use_fips_mode,
+        region: identity.endpoint_region(),
+        imds: identity.imds_location.as_ref().map(|l| ImdsLocation {
+            region: l.region.as_deref(),
+            domain: l.domain.as_deref(),
+        }),
+        on_premises: identity.on_prem,
+    })
+    .map_err(|e| e.to_string())?;
+    tracing::info!("CodeDeploy endpoint: {url} (domain {domain})");
+    let agent_version = agent_version_header(Path::new("/opt/codedeploy-agent"));
+    let client = HttpHostCommands::new(
+        ClientConfig::from_config(&config, url, identity.region.clone(), agent_version),
+        credentials.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let handle = tokio::runtime::Handle::current();
+    let s3 = S3Fetcher::new(
+        S3Settings::from_config(&config, identity.region.clone()),
+        credentials,
+        handle.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let github =
+        GitHubFetcher::new(config.proxy_uri.as_deref(), handle).map_err(|e| e.to_string())?;
+
+    let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
+    let mut settings = EngineSettings::from_config(&config, &root);
+    settings.hooks.running = Some(Arc::new(RunningHooks::default()));
+    tracing::info!("Archives to retain is: {}}}", config.max_revisions);
+    let engine = Engine {
+        root: root.clone(),
+        settings,
+        fetcher: Arc::new(Fetcher::new(Some(s3), Some(github))),
+        mapping: HookMapping::default_mapping(),
+    };
+    let options = DaemonOptions {
+        wait_between_runs: Duration::from_secs(config.wait_between_runs),
+        shutdown_wait: Duration::from_secs(config.kill_agent_max_wait_time_seconds),
+        kill_grace: Duration::from_secs(config.hook_kill_grace_seconds),
+        startup_jitter: Duration::from_millis(config.startup_jitter_ms),
+        ..DaemonOptions::default()
+    };
+    let tracker = Tracker::new(root.ongoing_dir(&config.ongoing_deployment_tracking));
+    let agent = Arc::new(Agent::new(
+        client,
+        identity.host_identifier.clone(),
+        engine,
+        tracker,
+        options,
+    ));
+
+    let (tx, rx) = watch::channel(Shutdown::Running);
+    tokio::spawn(signals(tx));
+    agent.run(rx).await;
+    Ok(())
+}
+
+/// First SIGTERM/SIGINT/SIGQUIT: graceful; a second one: immediate.
+async fn signals(tx: watch::Sender<Shutdown>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return;
+    };
+    let mut level = Shutdown::Running;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = quit.recv() => {}
+        }
+        level = match level {
+            Shutdown::Running => {
+                tracing::info!("shutdown requested: no new commands; waiting for running ones");
+                Shutdown::Graceful
+            }
+            _ => {
+                tracing::warn!("second shutdown signal: stopping running hooks now");
+                Shutdown::Immediate
+            }
+        };
+        if tx.send(level).is_err() {
+            return;
+        }
+    }
+}

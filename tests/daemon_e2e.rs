@@ -1,0 +1,498 @@
+//! The real daemon (`codedeploy-agent run`) against the fake host-commands service: full
+//! deployments, the service-facing items of agent-behaviour.md §10.2, faults, kills and
+//! shutdowns. Specs are PKCS7-signed at test time with a throw-away CA (openssl).
+
+mod support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use codedeploy_agent::control::Envelope;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::Sandbox;
+use support::daemon::{Daemon, HOST, run_commands, signed, spec_json};
+use support::fake_service::{Complete, FakeService, Fault, command};
+
+const T: Duration = Duration::from_secs(60);
+const SUCCESS: &str = r#"{"error_code":0,"script_name":"","message":"Succeeded: ","log":""}"#;
+const IN_PLACE: [&str; 7] = [
+    "ApplicationStop",
+    "DownloadBundle",
+    "BeforeInstall",
+    "Install",
+    "AfterInstall",
+    "ApplicationStart",
+    "ValidateService",
+];
+
+fn payload(c: &Complete) -> Value {
+    serde_json::from_str(&c.diagnostics.as_ref().expect("diagnostics").payload).expect("json")
+}
+
+fn skip() -> bool {
+    !support::signing::openssl_or_skip("daemon_e2e")
+}
+
+/// A bundle whose hooks log what ran, from which revision.
+fn bundle(s: &Sandbox, name: &str, rev: &str, start: &str) -> std::path::PathBuf {
+    let dest = s.dest().display().to_string();
+    let spec = format!(
+        "version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: {dest}/app\nhooks:\n  ApplicationStop:\n    - location: scripts/stop.sh\n  BeforeInstall:\n    - location: scripts/hook.sh\n  AfterInstall:\n    - location: scripts/hook.sh\n  ApplicationStart:\n    - location: scripts/start.sh\n      timeout: 30\n  ValidateService:\n    - location: scripts/hook.sh\n"
+    );
+    let stop = format!("#!/bin/sh\necho \"stop from {rev}\"\n");
+    let hook = format!(
+        "#!/bin/sh\necho \"$LIFECYCLE_EVENT of {rev} in $DEPLOYMENT_ID ($DEPLOYMENT_GROUP_NAME)\"\n"
+    );
+    s.bundle(
+        name,
+        &[
+            ("appspec.yml", &spec),
+            ("app/version.txt", rev),
+            ("scripts/stop.sh", &stop),
+            ("scripts/hook.sh", &hook),
+            ("scripts/start.sh", start),
+        ],
+    )
+}
+
+#[test]
+fn a_full_in_place_deployment_then_a_second_one() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let _agent = Daemon::start(&s, &fake, "", &[]);
+    let b1 = bundle(&s, "v1", "v1", "#!/bin/sh\necho started v1\n");
+    let completes = run_commands(
+        &fake,
+        "d1",
+        &IN_PLACE,
+        &signed(&spec_json("d-ONE", "dg", &b1)),
+        T,
+    );
+    for c in &completes {
+        assert_eq!(c.command_status, "Succeeded", "{c:?}");
+        let d = c.diagnostics.as_ref().expect("diagnostics");
+        assert_eq!((d.format.as_str(), d.payload.as_str()), ("JSON", SUCCESS));
+    }
+    assert_eq!(
+        fs::read_to_string(s.dest().join("app/version.txt")).expect("installed"),
+        "v1"
+    );
+    // First deployment: ApplicationStop has no previous revision and is acked as a noop.
+    let acks = fake.acks();
+    let stop_ack = acks
+        .iter()
+        .find(|a| a.host_command_identifier.contains("ApplicationStop"))
+        .expect("ack");
+    assert_eq!(
+        stop_ack.diagnostics.as_ref().map(|d| d.payload.as_str()),
+        Some(r#"{"IsCommandNoop":true}"#)
+    );
+    let install_ack = acks
+        .iter()
+        .find(|a| a.host_command_identifier.ends_with("-Install"))
+        .expect("ack");
+    assert_eq!(
+        install_ack.diagnostics.as_ref().map(|d| d.payload.as_str()),
+        Some(r#"{"IsCommandNoop":false}"#)
+    );
+
+    // The second deployment runs the first revision's ApplicationStop, logged in its own dir.
+    let b2 = bundle(&s, "v2", "v2", "#!/bin/sh\necho started v2\n");
+    let completes = run_commands(
+        &fake,
+        "d2",
+        &IN_PLACE,
+        &signed(&spec_json("d-TWO", "dg", &b2)),
+        T,
+    );
+    assert!(
+        completes.iter().all(|c| c.command_status == "Succeeded"),
+        "{completes:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(s.dest().join("app/version.txt")).expect("installed"),
+        "v2"
+    );
+    let log = fs::read_to_string(s.root().join("dg/d-TWO/logs/scripts.log")).expect("scripts.log");
+    assert!(log.contains("[stdout]stop from v1"), "{log}");
+    assert!(
+        log.contains("[stdout]BeforeInstall of v2 in d-TWO (dg-name)"),
+        "{log}"
+    );
+
+    // Every request carried the agent version header and the default target prefix (item 28).
+    for r in fake.requests() {
+        assert!(
+            r.header("x-amz-codedeploy-agent-version").is_some(),
+            "{}",
+            r.operation
+        );
+        assert!(
+            r.target.starts_with("CodeDeployCommandService_v20141006."),
+            "{}",
+            r.target
+        );
+        assert!(
+            r.credential_scope()
+                .is_some_and(|s| s.ends_with("/us-east-1/codedeploy-commands/aws4_request"))
+        );
+    }
+    // Nothing is left in flight once the last report was accepted.
+    let in_flight = || {
+        fs::read_dir(s.root().join("ongoing-deployment"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while in_flight() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(in_flight(), 0);
+}
+
+#[test]
+fn script_failures_spec_errors_and_ack_answers() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let _agent = Daemon::start(&s, &fake, "", &[]);
+    let b = bundle(&s, "bad", "bad", "#!/bin/sh\necho about to fail\nexit 3\n");
+    let spec = signed(&spec_json("d-BAD", "dg", &b));
+    let completes = run_commands(
+        &fake,
+        "f",
+        &["DownloadBundle", "Install", "ApplicationStart"],
+        &spec,
+        T,
+    );
+    let failed = &completes[2];
+    assert_eq!(failed.command_status, "Failed");
+    let p = payload(failed);
+    assert_eq!(p["error_code"], 4);
+    assert_eq!(p["script_name"], "scripts/start.sh");
+    assert_eq!(
+        p["message"],
+        "Script at specified location: scripts/start.sh failed with exit code 3"
+    );
+    let log = p["log"].as_str().expect("log");
+    assert!(
+        log.contains(
+            "LifecycleEvent - ApplicationStart\nScript - scripts/start.sh\n[stdout]about to fail\n"
+        ),
+        "{log}"
+    );
+    // Exactly one report for the failed command (never the v1 double report).
+    assert_eq!(
+        fake.completes()
+            .iter()
+            .filter(|c| c.host_command_identifier == failed.host_command_identifier)
+            .count(),
+        1
+    );
+
+    // Item 20: wrong deployment system; item 21: TEXT/JSON in the daemon; tampered spec.
+    let cases: Vec<(&str, &str, Envelope, &str)> = vec![
+        (
+            "sys",
+            "Foo",
+            spec.clone(),
+            "Deployment System mismatch: CodeDeploy != Foo",
+        ),
+        (
+            "text",
+            "CodeDeploy",
+            Envelope {
+                format: "TEXT/JSON".into(),
+                payload: spec_json("d-X", "dg", &b).to_string(),
+            },
+            "Unsupported DeploymentSpecification format: TEXT/JSON",
+        ),
+        (
+            "tampered",
+            "CodeDeploy",
+            Envelope {
+                format: "PKCS7/JSON".into(),
+                payload: support::signing::tamper(&spec.payload),
+            },
+            "PKCS7 signature verification failed",
+        ),
+    ];
+    for (id, system, envelope, message) in cases {
+        let execution = format!("x/y/z/{id}");
+        fake.set_spec(&execution, system, envelope);
+        fake.enqueue(HOST, command(id, "Install", HOST, &execution));
+        let n = fake.completes().len();
+        let all = fake.wait_for_completes(n + 1, T);
+        let c = all
+            .iter()
+            .find(|c| c.host_command_identifier == id)
+            .expect("complete");
+        assert_eq!(c.command_status, "Failed");
+        let p = payload(c);
+        assert_eq!(p["error_code"], 5);
+        assert!(
+            p["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message)),
+            "{p}"
+        );
+        assert!(
+            !fake.acks().iter().any(|a| a.host_command_identifier == id),
+            "no ack before a spec failure"
+        );
+    }
+
+    // Item 18: the ack says Succeeded → no Complete; the ack says Failed on a noop → Succeeded.
+    fake.set_ack_status("acked-done", Some("Succeeded"));
+    fake.set_spec("a/b/c/done", "CodeDeploy", spec.clone());
+    fake.enqueue(
+        HOST,
+        command("acked-done", "AfterInstall", HOST, "a/b/c/done"),
+    );
+    fake.set_ack_status("acked-failed", Some("Failed"));
+    fake.set_spec("a/b/c/failed", "CodeDeploy", spec.clone());
+    fake.enqueue(
+        HOST,
+        command("acked-failed", "BeforeAllowTraffic", HOST, "a/b/c/failed"),
+    );
+    assert!(wait_complete(&fake, "acked-failed"));
+    let c = fake
+        .completes()
+        .into_iter()
+        .find(|c| c.host_command_identifier == "acked-failed")
+        .expect("complete");
+    assert_eq!(c.command_status, "Succeeded");
+    assert_eq!(payload(&c)["message"], "Succeeded: CompletedNoopCommand");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!fake_has_complete(&fake, "acked-done"));
+}
+
+fn fake_has_complete(fake: &FakeService, id: &str) -> bool {
+    fake.completes()
+        .iter()
+        .any(|c| c.host_command_identifier == id)
+}
+
+/// Waits until the fake accepted a final report for `id` (the predicate runs under the fake's
+/// lock, so it reads the records it is given).
+fn wait_complete(fake: &FakeService, id: &str) -> bool {
+    let needle = format!("\"HostCommandIdentifier\":\"{id}\"");
+    fake.wait_until(T, |records| {
+        records.iter().any(|r| {
+            r.operation == "PutHostCommandComplete"
+                && r.status == 200
+                && r.raw_body.contains(&needle)
+        })
+    })
+}
+
+#[test]
+fn throttling_and_server_errors_lose_nothing_and_run_nothing_twice() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    fake.inject(Some("PollHostCommand"), Fault::Throttle, 2);
+    fake.inject(Some("PutHostCommandComplete"), Fault::ServerError, 2);
+    fake.inject(Some("GetDeploymentSpecification"), Fault::Drop, 1);
+    let _agent = Daemon::start(&s, &fake, "", &[]);
+    let counter = s.path().join("runs");
+    let start = format!("#!/bin/sh\necho x >> {}\n", counter.display());
+    let b = bundle(&s, "b", "b", &start);
+    let spec = signed(&spec_json("d-T", "dg", &b));
+    let started = Instant::now();
+    let completes = run_commands(
+        &fake,
+        "t",
+        &["DownloadBundle", "Install", "ApplicationStart"],
+        &spec,
+        Duration::from_secs(120),
+    );
+    assert!(
+        completes.iter().all(|c| c.command_status == "Succeeded"),
+        "{completes:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(&counter).expect("ran").lines().count(),
+        1,
+        "ApplicationStart ran exactly once"
+    );
+    for c in &completes {
+        assert_eq!(
+            fake.completes()
+                .iter()
+                .filter(|x| x.host_command_identifier == c.host_command_identifier)
+                .count(),
+            1
+        );
+    }
+    // The throttled polls were backed off (the AWS schedule starts at 10 s; the gate at 5 s).
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn sigkill_during_a_hook_is_reported_once_with_code_7_after_restart() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let mut agent = Daemon::start(&s, &fake, "", &[]);
+    let marker = s.path().join("hook-started");
+    let start = format!("#!/bin/sh\ntouch {}\nsleep 30\n", marker.display());
+    let b = bundle(&s, "slow", "slow", &start);
+    let spec = signed(&spec_json("d-KILL", "dg", &b));
+    run_commands(&fake, "k", &["DownloadBundle", "Install"], &spec, T);
+    fake.set_spec("k/exec/start", "CodeDeploy", spec.clone());
+    fake.enqueue(
+        HOST,
+        command("k-start", "ApplicationStart", HOST, "k/exec/start"),
+    );
+    let deadline = Instant::now() + T;
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(marker.exists(), "the hook started");
+    agent.signal(Signal::SIGKILL);
+    agent.wait(T).expect("killed");
+    assert!(!fake_has_complete(&fake, "k-start"));
+
+    let _again = Daemon::start(&s, &fake, "", &[]);
+    assert!(wait_complete(&fake, "k-start"));
+    let c = fake
+        .completes()
+        .into_iter()
+        .find(|c| c.host_command_identifier == "k-start")
+        .expect("complete");
+    assert_eq!(c.command_status, "Failed");
+    assert_eq!(
+        c.diagnostics.as_ref().map(|d| d.payload.as_str()),
+        Some(
+            r#"{"error_code":7,"script_name":"","message":"Failed: Failing in-progress lifecycle event after an agent restart.","log":""}"#
+        )
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        fake.completes()
+            .iter()
+            .filter(|c| c.host_command_identifier == "k-start")
+            .count(),
+        1
+    );
+    // The next deployment of the group works.
+    let b2 = bundle(&s, "ok", "ok", "#!/bin/sh\necho fine\n");
+    let completes = run_commands(
+        &fake,
+        "after",
+        &IN_PLACE,
+        &signed(&spec_json("d-AFTER", "dg", &b2)),
+        T,
+    );
+    assert!(
+        completes.iter().all(|c| c.command_status == "Succeeded"),
+        "{completes:?}"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_running_hook_finish_and_report() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let mut agent = Daemon::start(&s, &fake, "", &[]);
+    let marker = s.path().join("hook-started");
+    let start = format!(
+        "#!/bin/sh\ntouch {}\nsleep 2\necho finished\n",
+        marker.display()
+    );
+    let b = bundle(&s, "term", "term", &start);
+    let spec = signed(&spec_json("d-TERM", "dg", &b));
+    run_commands(&fake, "s", &["DownloadBundle", "Install"], &spec, T);
+    fake.set_spec("s/exec/start", "CodeDeploy", spec.clone());
+    fake.enqueue(
+        HOST,
+        command("s-start", "ApplicationStart", HOST, "s/exec/start"),
+    );
+    let deadline = Instant::now() + T;
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait(T).expect("exits");
+    assert!(status.success(), "{status:?}\n{}", agent.log_text());
+    let c = fake
+        .completes()
+        .into_iter()
+        .find(|c| c.host_command_identifier == "s-start")
+        .expect("reported before exit");
+    assert_eq!(c.command_status, "Succeeded");
+}
+
+#[test]
+fn host_mismatch_and_empty_hooks() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let _agent = Daemon::start(&s, &fake, "", &[]);
+    // Item 19: not our host: no spec request, no ack, no complete.
+    fake.enqueue(
+        HOST,
+        command(
+            "other",
+            "Install",
+            "arn:aws:ec2:us-east-1:1:instance/i-someoneelse",
+            "o/t/h/er",
+        ),
+    );
+    // Item 6: a null hook entry is ignored: acked as a noop, completed Succeeded.
+    let dest = s.dest().display().to_string();
+    let spec_text = format!(
+        "version: 0.0\nos: linux\nfiles:\n  - source: a.txt\n    destination: {dest}\nhooks:\n  ApplicationStart:\n"
+    );
+    let b = s.bundle("empty", &[("appspec.yml", &spec_text), ("a.txt", "a")]);
+    let spec = signed(&spec_json("d-EMPTY", "dg", &b));
+    let completes = run_commands(
+        &fake,
+        "e",
+        &["DownloadBundle", "Install", "ApplicationStart"],
+        &spec,
+        T,
+    );
+    assert!(completes.iter().all(|c| c.command_status == "Succeeded"));
+    let ack = fake
+        .acks()
+        .into_iter()
+        .find(|a| a.host_command_identifier.ends_with("ApplicationStart"))
+        .expect("ack");
+    assert_eq!(
+        ack.diagnostics.map(|d| d.payload),
+        Some(r#"{"IsCommandNoop":true}"#.to_owned())
+    );
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.raw_body.contains("o/t/h/er"))
+    );
+    assert!(
+        !fake
+            .acks()
+            .iter()
+            .any(|a| a.host_command_identifier == "other")
+    );
+}
