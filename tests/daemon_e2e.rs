@@ -496,3 +496,253 @@ fn host_mismatch_and_empty_hooks() {
             .any(|a| a.host_command_identifier == "other")
     );
 }
+
+/// A bundle whose every hook says which revision it came from.
+fn traffic_bundle(s: &Sandbox, rev: &str) -> std::path::PathBuf {
+    let dest = s.dest().display().to_string();
+    let events = [
+        "BeforeBlockTraffic",
+        "AfterBlockTraffic",
+        "ApplicationStop",
+        "BeforeInstall",
+        "AfterInstall",
+        "ApplicationStart",
+        "ValidateService",
+        "BeforeAllowTraffic",
+        "AfterAllowTraffic",
+    ];
+    let mut spec = format!(
+        "version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: {dest}/bg\nhooks:\n"
+    );
+    for e in events {
+        spec.push_str(&format!("  {e}:\n    - location: scripts/say.sh\n"));
+    }
+    let say = format!("#!/bin/sh\necho \"$LIFECYCLE_EVENT from {rev}\"\n");
+    s.bundle(
+        &format!("bg-{rev}"),
+        &[
+            ("appspec.yml", &spec),
+            ("app/rev.txt", rev),
+            ("scripts/say.sh", &say),
+        ],
+    )
+}
+
+#[test]
+fn blue_green_and_rollback_use_the_right_revisions() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let _agent = Daemon::start(&s, &fake, "", &[]);
+    let bg = |id: &str, rev: &str, creator: &str| {
+        let mut spec = spec_json(id, "bg", &traffic_bundle(&s, rev));
+        spec["DeploymentType"] = "BLUE_GREEN".into();
+        spec["DeploymentCreator"] = creator.into();
+        signed(&spec)
+    };
+    // v1 on a replacement instance: the in-place sequence, then the allow-traffic hooks.
+    let replacement = [
+        "DownloadBundle",
+        "BeforeInstall",
+        "Install",
+        "AfterInstall",
+        "ApplicationStart",
+        "ValidateService",
+        "BeforeAllowTraffic",
+        "AfterAllowTraffic",
+    ];
+    let c = run_commands(&fake, "v1", &replacement, &bg("d-BG1", "v1", "user"), T);
+    assert!(c.iter().all(|c| c.command_status == "Succeeded"), "{c:?}");
+    // v2 downloaded (most recent) but never installed (v1 stays last successful).
+    let c = run_commands(
+        &fake,
+        "v2",
+        &["DownloadBundle"],
+        &bg("d-BG2", "v2", "user"),
+        T,
+    );
+    assert_eq!(c[0].command_status, "Succeeded");
+    // An automatic rollback on this (original) instance: block-traffic hooks come from the
+    // most recent revision, allow-traffic hooks from the last successful one (§2.2).
+    let rollback = bg("d-RB", "rb", "codeDeployRollback");
+    let c = run_commands(
+        &fake,
+        "rb",
+        &[
+            "BeforeBlockTraffic",
+            "AfterBlockTraffic",
+            "ApplicationStop",
+            "BeforeAllowTraffic",
+            "AfterAllowTraffic",
+        ],
+        &rollback,
+        T,
+    );
+    assert!(c.iter().all(|c| c.command_status == "Succeeded"), "{c:?}");
+    let log = fs::read_to_string(s.root().join("bg/d-RB/logs/scripts.log")).expect("scripts.log");
+    for line in [
+        "[stdout]BeforeBlockTraffic from v2",
+        "[stdout]AfterBlockTraffic from v2",
+        "[stdout]ApplicationStop from v1",
+        "[stdout]BeforeAllowTraffic from v1",
+        "[stdout]AfterAllowTraffic from v1",
+    ] {
+        assert!(log.contains(line), "missing {line:?} in\n{log}");
+    }
+}
+
+#[test]
+fn a_command_delivered_twice_while_running_runs_once() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let _agent = Daemon::start(&s, &fake, "", &[]);
+    let counter = s.path().join("runs");
+    let start = format!("#!/bin/sh\necho x >> {}\nsleep 2\n", counter.display());
+    let b = bundle(&s, "twice", "twice", &start);
+    let spec = signed(&spec_json("d-TWICE", "dg", &b));
+    run_commands(&fake, "w", &["DownloadBundle", "Install"], &spec, T);
+    fake.set_spec("w/exec/again", "CodeDeploy", spec.clone());
+    fake.enqueue(
+        HOST,
+        command("w-start", "ApplicationStart", HOST, "w/exec/again"),
+    );
+    let deadline = Instant::now() + T;
+    while !counter.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The service hands out the same command again while it runs.
+    fake.enqueue(
+        HOST,
+        command("w-start", "ApplicationStart", HOST, "w/exec/again"),
+    );
+    assert!(wait_complete(&fake, "w-start"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        fs::read_to_string(&counter).expect("ran").lines().count(),
+        1
+    );
+    assert_eq!(
+        fake.completes()
+            .iter()
+            .filter(|c| c.host_command_identifier == "w-start")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_second_sigterm_stops_hooks_and_the_next_start_reports_exactly_once() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let mut agent = Daemon::start(&s, &fake, "", &[]);
+    let marker = s.path().join("hook-started");
+    let start = format!(
+        "#!/bin/sh\ntrap '' TERM\ntouch {}\nwhile true; do sleep 1; done\n",
+        marker.display()
+    );
+    let b = bundle(&s, "stubborn", "stubborn", &start);
+    let spec = signed(&spec_json("d-ESC", "dg", &b));
+    run_commands(&fake, "x", &["DownloadBundle", "Install"], &spec, T);
+    fake.set_spec("x/exec/start", "CodeDeploy", spec.clone());
+    fake.enqueue(
+        HOST,
+        command("x-start", "ApplicationStart", HOST, "x/exec/start"),
+    );
+    let deadline = Instant::now() + T;
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    agent.signal(Signal::SIGTERM);
+    let started = Instant::now();
+    agent
+        .wait(Duration::from_secs(30))
+        .expect("the agent exits after the escalation");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // The hook's process group is gone.
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &marker.display().to_string()])
+        .output()
+        .expect("pgrep");
+    assert!(
+        out.stdout.is_empty(),
+        "hook still running: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Whatever was not reported before the exit is reported by the next start; once in all.
+    let _again = Daemon::start(&s, &fake, "", &[]);
+    assert!(wait_complete(&fake, "x-start"));
+    std::thread::sleep(Duration::from_secs(1));
+    let all: Vec<_> = fake
+        .completes()
+        .into_iter()
+        .filter(|c| c.host_command_identifier == "x-start")
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].command_status, "Failed");
+}
+
+#[test]
+fn rotated_instance_credentials_are_used_without_a_restart() {
+    if skip() {
+        return;
+    }
+    use support::fake_imds::FakeImds;
+    use support::fake_service::TestCredentials;
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let imds = FakeImds::start();
+    // Instance-profile credentials inside the agent's 5-minute refresh window.
+    imds.rotate_credentials("ASIAONE", Duration::from_secs(240));
+    fake.add_credentials(
+        TestCredentials::new("ASIAONE", "secret-ASIAONE").with_session_token("session-ASIAONE"),
+    );
+    let url = imds.url();
+    let _agent = Daemon::start(
+        &s,
+        &fake,
+        ":codedeploy_test_profile: prod\n",
+        &[
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", url.as_str()),
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+        ],
+    );
+    let b = bundle(&s, "rot", "rot", "#!/bin/sh\necho hi\n");
+    let spec = signed(&spec_json("d-ROT", "dg", &b));
+    let c = run_commands(&fake, "r1", &["DownloadBundle"], &spec, T);
+    assert_eq!(c[0].command_status, "Succeeded");
+    // Rotate: the old key stops working at the service.
+    imds.rotate_credentials("ASIATWO", Duration::from_secs(3600));
+    fake.add_credentials(
+        TestCredentials::new("ASIATWO", "secret-ASIATWO").with_session_token("session-ASIATWO"),
+    );
+    fake.revoke_credentials("ASIAONE");
+    let c = run_commands(&fake, "r2", &["Install", "ApplicationStart"], &spec, T);
+    assert!(c.iter().all(|c| c.command_status == "Succeeded"), "{c:?}");
+    let keys: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter_map(|r| r.access_key.clone())
+        .collect();
+    assert!(
+        keys.contains(&"ASIAONE".to_owned()) && keys.contains(&"ASIATWO".to_owned()),
+        "{keys:?}"
+    );
+    assert!(
+        !keys.iter().any(|k| k == support::fake_service::ACCESS_KEY),
+        "environment credentials are not used in prod"
+    );
+}
