@@ -746,3 +746,69 @@ fn rotated_instance_credentials_are_used_without_a_restart() {
         "environment credentials are not used in prod"
     );
 }
+
+#[test]
+fn an_s3_revision_deploys_through_the_daemon() {
+    if skip() {
+        return;
+    }
+    let Some(moto) = support::moto::Moto::start() else {
+        eprintln!("skipped: moto not installed");
+        return;
+    };
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    // The bundle as a tgz in S3, with its top directory (stripped at unpack).
+    let b = bundle(
+        &s,
+        "s3app",
+        "s3",
+        "#!/bin/sh\necho \"from $BUNDLE_BUCKET/$BUNDLE_KEY\"\n",
+    );
+    let tgz = s.path().join("bundle.tgz");
+    let ok = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(b.parent().expect("parent"))
+        .arg("s3app")
+        .status()
+        .expect("tar");
+    assert!(ok.success());
+    moto.create_bucket("releases");
+    let (etag, _) = moto.put_file("releases", "app/bundle.tgz", &tgz);
+    let moto_url = moto.url();
+    let _agent = Daemon::start(
+        &s,
+        &fake,
+        &format!(":s3_endpoint_override: {moto_url}\n"),
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
+    );
+    // The fake service must accept the same (environment) credentials the S3 client uses.
+    fake.add_credentials(support::fake_service::TestCredentials::new(
+        "testing", "testing",
+    ));
+    let mut spec = spec_json("d-S3", "dg", &b);
+    spec["Revision"] = serde_json::json!({"RevisionType": "S3", "S3Revision": {
+        "Bucket": "releases", "Key": "app/bundle.tgz", "BundleType": "tgz", "ETag": etag}});
+    let c = run_commands(
+        &fake,
+        "s3",
+        &["DownloadBundle", "Install", "ApplicationStart"],
+        &signed(&spec),
+        T,
+    );
+    assert!(c.iter().all(|c| c.command_status == "Succeeded"), "{c:?}");
+    assert_eq!(
+        fs::read_to_string(s.dest().join("app/version.txt")).expect("installed"),
+        "s3"
+    );
+    let log = fs::read_to_string(s.root().join("dg/d-S3/logs/scripts.log")).expect("log");
+    assert!(
+        log.contains("[stdout]from releases/app/bundle.tgz"),
+        "{log}"
+    );
+}
