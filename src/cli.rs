@@ -25,6 +25,8 @@ pub enum Command {
     Plan(LocalArgs),
     /// Run the agent in the foreground: poll CodeDeploy and run the commands it hands out.
     Run(crate::daemon::start::RunArgs),
+    /// Is the daemon running, is it healthy, what is it doing (LSB exit codes).
+    Status(crate::daemon::status::StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]

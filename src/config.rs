@@ -172,6 +172,8 @@ pub struct Config {
     pub hook_wait_for_inherited_output: bool,
     /// Ours: seconds between TERM and KILL of a timed-out hook's process group.
     pub hook_kill_grace_seconds: u64,
+    /// Ours: serve `/healthz`, `/metrics` and `/status` on this loopback address (off when unset).
+    pub health_endpoint: Option<std::net::SocketAddr>,
     /// Ours: the daemon waits up to this many milliseconds, at random, before its first poll,
     /// so instances launched together do not poll in lock-step.
     pub startup_jitter_ms: u64,
@@ -227,6 +229,7 @@ impl Config {
             hook_wait_for_inherited_output: false,
             hook_kill_grace_seconds: 5,
             startup_jitter_ms: 5000,
+            health_endpoint: None,
         }
     }
 
@@ -362,6 +365,28 @@ impl Config {
                 }
                 "hook_kill_grace_seconds" => config.hook_kill_grace_seconds = integer(0)?,
                 "startup_jitter_ms" => config.startup_jitter_ms = integer(0)?,
+                "health_endpoint" => {
+                    config.health_endpoint = match text() {
+                        None => None,
+                        Some(t) => {
+                            let addr: std::net::SocketAddr = t.trim().parse().map_err(|_| {
+                                invalid(
+                                    key,
+                                    format!("{t} is not an address:port such as 127.0.0.1:9180"),
+                                )
+                            })?;
+                            if !addr.ip().is_loopback() {
+                                return Err(invalid(
+                                    key,
+                                    format!(
+                                        "{addr} is not a loopback address: the endpoint is for local health checks only"
+                                    ),
+                                ));
+                            }
+                            Some(addr)
+                        }
+                    }
+                }
                 "children" if !matches!(value, RawValue::Int(1) | RawValue::Null) => {
                     return Err(invalid(key, "children can only be set to 1".into()));
                 }

@@ -18,5 +18,6 @@ fn main() -> ExitCode {
         Command::Local(args) => codedeploy_agent::local::run(&args),
         Command::Plan(args) => codedeploy_agent::preview::run(&args),
         Command::Run(args) => codedeploy_agent::daemon::start::run(&args),
+        Command::Status(args) => codedeploy_agent::daemon::status::command(&args),
     }
 }

@@ -812,3 +812,107 @@ fn an_s3_revision_deploys_through_the_daemon() {
         "{log}"
     );
 }
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .expect("send");
+    let mut text = String::new();
+    sock.read_to_string(&mut text).expect("read");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn status_healthz_and_metrics() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut agent = Daemon::start(
+        &s,
+        &fake,
+        &format!(":health_endpoint: 127.0.0.1:{port}\n"),
+        &[],
+    );
+    let b = bundle(&s, "st", "st", "#!/bin/sh\necho hi\n");
+    let c = run_commands(
+        &fake,
+        "st",
+        &["DownloadBundle", "Install", "ApplicationStart"],
+        &signed(&spec_json("d-ST", "dg", &b)),
+        T,
+    );
+    assert!(c.iter().all(|c| c.command_status == "Succeeded"), "{c:?}");
+
+    let (code, body) = http_get(port, "/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    // The last report is counted once the agent has the service's answer: poll briefly.
+    let mut metrics = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let (code, body) = http_get(port, "/metrics");
+        assert_eq!(code, 200);
+        metrics = body;
+        if metrics.contains("command=\"ApplicationStart\"") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for needle in [
+        "codedeploy_agent_commands_total{command=\"Install\",result=\"Succeeded\"} 1",
+        "codedeploy_agent_commands_total{command=\"ApplicationStart\",result=\"Succeeded\"} 1",
+        "codedeploy_agent_files_installed_total 1",
+        "codedeploy_agent_hook_event_duration_seconds_count 1",
+        "codedeploy_agent_healthy 1",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    let (_, status) = http_get(port, "/status");
+    let v: Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(v["recent"][0]["command"], "ApplicationStart");
+    assert_eq!(v["recent"][0]["deployment_id"], "d-ST");
+
+    let status_cmd = |json: bool| {
+        let mut cmd = std::process::Command::new(support::bin());
+        cmd.arg("status").arg("-c").arg(s.config());
+        if json {
+            cmd.arg("--json");
+        }
+        support::Run::from(cmd.output().expect("status"))
+    };
+    let out = status_cmd(false);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            "The AWS CodeDeploy agent is running as PID {}",
+            agent.pid()
+        )),
+        "{}",
+        out.stdout
+    );
+    let out = status_cmd(true);
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(v["running"], true);
+
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait(T).expect("exits").success());
+    let out = status_cmd(false);
+    assert_eq!(out.code, 3);
+    assert!(out.stdout.contains("No AWS CodeDeploy agent running"));
+}

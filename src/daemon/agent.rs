@@ -13,10 +13,11 @@ use tokio::task::JoinSet;
 
 use super::backoff::{ThrottleGate, error_backoff, with_jitter};
 use super::notify::Notifier;
+use super::status::Observed;
 use super::tracking::{FAILED_AFTER_RESTART_PAYLOAD, OwedResult, Tracker};
 use crate::control::{ControlError, Envelope, HostCommand, HostCommands, status};
 use crate::deploy::executor::{
-    CommandFailure, EngineSettings, Executor, HookMapping, SUCCESS_PAYLOAD,
+    CommandFailure, EngineSettings, Executor, HookMapping, Progress, SUCCESS_PAYLOAD,
 };
 use crate::deploy::layout::DeploymentRoot;
 use crate::revision::{Fetch, Fetcher};
@@ -100,6 +101,24 @@ impl Engine {
     }
 }
 
+/// Feeds the engine's progress into the metrics.
+fn record_progress(observed: &Observed, p: &Progress) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match p {
+        Progress::EventFinished { elapsed, .. } => observed.metrics.hook_seconds.observe(*elapsed),
+        Progress::Downloaded { bytes, .. } => {
+            observed.metrics.bytes_downloaded.fetch_add(*bytes, Relaxed);
+        }
+        Progress::Installed { summary, .. } => {
+            observed
+                .metrics
+                .files_installed
+                .fetch_add(summary.copied as u64, Relaxed);
+        }
+        _ => {}
+    }
+}
+
 /// Signals the daemon understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Shutdown {
@@ -136,6 +155,8 @@ pub struct Agent<C> {
     pub notifier: Notifier,
     /// When the poll loop last went round; the watchdog pings only while it is recent.
     heartbeat: Mutex<Instant>,
+    /// Status and metrics, shared with the status file writer and the health endpoint.
+    pub observed: Arc<Observed>,
 }
 
 /// Why a polled command was not accepted (§1.9 step 2). Feeds the error backoff.
@@ -180,6 +201,8 @@ impl<C: HostCommands + 'static> Agent<C> {
         tracker: Tracker,
         options: DaemonOptions,
     ) -> Self {
+        let host_identifier_for_status = host_identifier.clone();
+        let options_for_status = options.clone();
         Self {
             client,
             host_identifier,
@@ -192,6 +215,10 @@ impl<C: HostCommands + 'static> Agent<C> {
             health: Mutex::new(Health::default()),
             notifier: Notifier::from_env(),
             heartbeat: Mutex::new(Instant::now()),
+            observed: Arc::new(Observed::new(
+                host_identifier_for_status,
+                options_for_status.watchdog_stale_after,
+            )),
         }
     }
 
@@ -288,6 +315,8 @@ impl<C: HostCommands + 'static> Agent<C> {
                 Ok(()) => {
                     self.gate.succeeded();
                     self.health().commands_reported += 1;
+                    self.observed
+                        .reported(host_command_id, &result.status, &result.payload);
                     tracing::info!(host_command_id, status = %result.status, "reported");
                     return true;
                 }
@@ -402,7 +431,7 @@ impl<C: HostCommands + 'static> Agent<C> {
                 // service hands it out again.
                 _ = shutdown.changed() => return,
             };
-            let failure: Option<String> = match polled {
+            let failure: Option<(&str, String)> = match polled {
                 Ok(None) => None,
                 Ok(Some(command)) => match validate_command(&self.host_identifier, &command) {
                     Ok(()) => {
@@ -429,24 +458,40 @@ impl<C: HostCommands + 'static> Agent<C> {
                         }
                         None
                     }
-                    Err(e) => Some(e.to_string()),
+                    Err(e) => Some(("rejected_command", e.to_string())),
                 },
                 Err(e) => {
                     if e.is_throttling() {
                         self.gate.throttled(Instant::now());
+                        self.observed
+                            .metrics
+                            .throttles
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    Some(match &e {
-                        ControlError::Network(m)
-                            if m.contains("certificate verify failed")
-                                || m.contains("certificate") =>
-                        {
-                            format!(
-                                "Network error: {m}. Failed to execute the command. Your certificates might have been deleted"
-                            )
-                        }
-                        ControlError::Network(_) | ControlError::Credentials(_) => e.to_string(),
-                        other => format!("Cannot reach InstanceService: {other}"),
-                    })
+                    let kind = match &e {
+                        _ if e.is_throttling() => "throttled",
+                        ControlError::Network(_) => "network",
+                        ControlError::Credentials(_) => "credentials",
+                        ControlError::Service { .. } => "service",
+                        ControlError::Decode(_) => "decode",
+                    };
+                    Some((
+                        kind,
+                        match &e {
+                            ControlError::Network(m)
+                                if m.contains("certificate verify failed")
+                                    || m.contains("certificate") =>
+                            {
+                                format!(
+                                    "Network error: {m}. Failed to execute the command. Your certificates might have been deleted"
+                                )
+                            }
+                            ControlError::Network(_) | ControlError::Credentials(_) => {
+                                e.to_string()
+                            }
+                            other => format!("Cannot reach InstanceService: {other}"),
+                        },
+                    ))
                 }
             };
             match failure {
@@ -456,12 +501,14 @@ impl<C: HostCommands + 'static> Agent<C> {
                     }
                     errors = 0;
                     self.gate.succeeded();
+                    self.observed.poll_ok();
                     let mut h = self.health();
                     h.last_poll_ok = Some(Instant::now());
                     h.consecutive_errors = 0;
                 }
-                Some(message) => {
+                Some((kind, message)) => {
                     errors = errors.saturating_add(1);
+                    self.observed.poll_failed(kind, &message, errors);
                     {
                         let mut h = self.health();
                         h.last_error = Some(message.clone());
@@ -549,6 +596,22 @@ impl<C: HostCommands + 'static> Agent<C> {
             status: status::FAILED.into(),
             payload: CommandFailure::unknown(message).payload_json(),
         };
+        self.observed.begin(&id, &name);
+        self.process_inner(&id, &name, &execution, failed, stop)
+            .await;
+        // Whatever was not reported (an ack that said the command is done) leaves the list.
+        self.observed.dropped(&id);
+    }
+
+    async fn process_inner(
+        self: &Arc<Self>,
+        id: &str,
+        name: &str,
+        execution: &str,
+        failed: impl Fn(String) -> OwedResult,
+        stop: &watch::Receiver<Shutdown>,
+    ) {
+        let (id, name, execution) = (id.to_owned(), name.to_owned(), execution.to_owned());
 
         // Steps 4.1–4.2: specification, then the noop check. Failures here are reported
         // without an acknowledgement, as the AWS agent does.
@@ -560,6 +623,8 @@ impl<C: HostCommands + 'static> Agent<C> {
                 return;
             }
         };
+        self.observed
+            .deployment(&id, &spec.deployment_id, &spec.deployment_group_id);
         let lock = self.group_lock(&spec.deployment_group_id);
         let _serialised = lock.lock().await;
         let noop = {
@@ -625,13 +690,14 @@ impl<C: HostCommands + 'static> Agent<C> {
         }
         let result = {
             let (name, spec) = (name.clone(), spec.clone());
+            let observed = Arc::clone(&self.observed);
             self.engine
                 .blocking("the command", move |e| {
                     e.executor(&e.fetcher.for_spec(&spec)).execute(
                         &name,
                         &spec,
                         &e.mapping,
-                        &mut |_| {},
+                        &mut |p| record_progress(&observed, &p),
                     )
                 })
                 .await

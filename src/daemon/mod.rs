@@ -5,6 +5,7 @@ pub mod agent;
 pub mod backoff;
 pub mod notify;
 pub mod start;
+pub mod status;
 pub mod tracking;
 
 pub use agent::{Agent, DaemonOptions, Engine, Shutdown};

@@ -46,7 +46,7 @@ pub struct RunArgs {
     pub log_to_stderr: bool,
 }
 
-fn config_path(explicit: Option<&Path>) -> PathBuf {
+pub fn config_path(explicit: Option<&Path>) -> PathBuf {
     match explicit {
         Some(p) => p.to_path_buf(),
         None if Path::new(DEFAULT_CONFIG_PATH).exists() => PathBuf::from(DEFAULT_CONFIG_PATH),
@@ -220,9 +220,34 @@ async fn serve(config: Config) -> Result<(), String> {
         options,
     ));
 
+    let status_path = super::status::status_file(&config.pid_dir, &config.program_name);
+    let writer = tokio::spawn(super::status::write_periodically(
+        Arc::clone(&agent.observed),
+        status_path.clone(),
+        Duration::from_secs(5),
+    ));
+    let endpoint = match config.health_endpoint {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on health_endpoint {addr}: {e}"))?;
+            tracing::info!("serving /healthz, /metrics and /status on http://{addr}");
+            Some(tokio::spawn(super::status::serve(
+                Arc::clone(&agent.observed),
+                listener,
+            )))
+        }
+        None => None,
+    };
+
     let (tx, rx) = watch::channel(Shutdown::Running);
     tokio::spawn(signals(tx));
     agent.run(rx).await;
+    writer.abort();
+    if let Some(e) = endpoint {
+        e.abort();
+    }
+    let _ = fs::remove_file(&status_path);
     Ok(())
 }
 
