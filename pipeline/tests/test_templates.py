@@ -100,7 +100,7 @@ class ResourcesPresent(unittest.TestCase):
         "AWS::ImageBuilder::ImagePipeline": 2,
         "AWS::SNS::Topic": 4,
         "AWS::SNS::Subscription": 2,
-        "AWS::Events::Rule": 2,
+        "AWS::Events::Rule": 3,
         "AWS::Lambda::Function": 5,
         "AWS::Lambda::Permission": 3,
         "AWS::CodeDeploy::Application": 2,
@@ -294,6 +294,14 @@ class Security(unittest.TestCase):
                             {"codepipeline:PutJobSuccessResult", "codepipeline:PutJobFailureResult", "codepipeline:GetJobDetails"},
                             name,
                         )
+
+    def test_a_push_builds_the_agent_with_codebuild(self):
+        res = load("artifacts.yml")["Resources"]
+        rule = res["BuildOnPushRule"]["Properties"]
+        self.assertEqual(rule["EventPattern"]["detail"]["referenceName"], [_Tag("!Ref", "BranchName")])
+        (target,) = rule["Targets"]
+        self.assertEqual(target["Arn"], _Tag("!GetAtt", "BuildProject.Arn"))
+        self.assertEqual(res["BuildProject"]["Properties"]["Source"]["BuildSpec"], "pipeline/buildspec.yml")
 
     def test_push_rule_targets_the_branch_and_the_qat_image_lambda(self):
         res = load("lambdas.yml")["Resources"]
