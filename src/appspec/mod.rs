@@ -11,3 +11,18 @@ mod yaml;
 
 pub use model::*;
 pub use parse::*;
+
+/// The `acls` and `context.range` grammars on their own, for the fuzz targets in `fuzz/`.
+/// Not part of the API: the appspec parser is the only real caller.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses one `acls` entry (see `acl::parse_ace`); `Err` is the AWS message.
+    pub fn parse_ace(ace: &str) -> Result<super::AclEntry, String> {
+        super::acl::parse_ace(ace)
+    }
+
+    /// Parses one SELinux `range` (see `selinux::parse_range`); `Err` is the AWS message.
+    pub fn parse_range(range: &str) -> Result<super::SeRange, String> {
+        super::selinux::parse_range(range)
+    }
+}
