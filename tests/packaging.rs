@@ -1,0 +1,455 @@
+//! The shipped systemd unit, configuration and installer scripts (packaging/, systemd/):
+//! the unit passes `systemd-analyze verify` without a word, `install.sh` lays out exactly the
+//! AWS agent's files and keeps an operator's config, and the start/restart rules hold (a fake
+//! `systemctl` on PATH records what the scripts ask of systemd). The .deb/.rpm listings need
+//! the release binary and are checked by `packaging/build --check-packages` instead.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use codedeploy_agent::config::Config;
+
+const UNIT: &str = "codedeploy-agent.service";
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The value of `key=` in the unit (the last one), as systemd reads it.
+fn unit_value(unit: &str, key: &str) -> Option<String> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .next_back()
+        .map(str::to_owned)
+}
+
+#[test]
+fn unit_verifies_without_any_output() {
+    let Ok(_) = Command::new("systemd-analyze").arg("--version").output() else {
+        println!("skipped: systemd-analyze not installed");
+        return;
+    };
+    let unit = read(&repo("systemd/codedeploy-agent.service"));
+    assert_eq!(
+        unit_value(&unit, "ExecStart").as_deref(),
+        Some("/opt/codedeploy-agent/bin/codedeploy-agent run")
+    );
+    // verify fails when ExecStart's binary does not exist: point it at the one just built.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join(UNIT);
+    let exec = format!("ExecStart={} run", env!("CARGO_BIN_EXE_codedeploy-agent"));
+    let text: Vec<String> = unit
+        .lines()
+        .map(|l| {
+            if l.starts_with("ExecStart=") {
+                exec.clone()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    fs::write(&copy, text.join("\n") + "\n").expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("run systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Unknown keys and bad values are only warnings (rc 0), so any output at all fails.
+    assert!(
+        out.status.success() && said.is_empty(),
+        "systemd-analyze verify said:\n{said}"
+    );
+}
+
+#[test]
+fn unit_settings_match_the_daemon() {
+    let unit = read(&repo("systemd/codedeploy-agent.service"));
+    let get = |k: &str| unit_value(&unit, k).unwrap_or_else(|| panic!("{k}= missing"));
+    assert_eq!(get("Type"), "notify");
+    assert_eq!(get("NotifyAccess"), "main");
+    // The daemon stops pinging after 230 s of a silent poll loop (daemon::agent).
+    let watchdog: u64 = get("WatchdogSec").parse().expect("WatchdogSec in seconds");
+    assert!(watchdog > 230 + 30, "WatchdogSec={watchdog}");
+    // Graceful stop waits up to kill_agent_max_wait_time_seconds, then stops the hooks.
+    let default_wait = Config::system_defaults().kill_agent_max_wait_time_seconds;
+    let stop: u64 = get("TimeoutStopSec")
+        .parse()
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        stop > default_wait + 10,
+        "TimeoutStopSec={stop} vs {default_wait}"
+    );
+    assert_eq!(get("KillMode"), "process");
+    assert_eq!(get("Restart"), "on-failure");
+    assert_eq!(get("OOMPolicy"), "continue");
+    for breaks_hooks in [
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelModules",
+        "ProtectClock",
+        "RestrictSUIDSGID",
+        "MemoryDenyWriteExecute",
+    ] {
+        assert!(
+            unit_value(&unit, breaks_hooks).is_none(),
+            "{breaks_hooks}= would apply to every hook script (docs/operations.md)"
+        );
+    }
+}
+
+#[test]
+fn shipped_config_is_the_aws_default() {
+    let path = repo("packaging/codedeployagent.yml");
+    let c = Config::parse(&read(&path), &path).expect("the shipped config parses");
+    assert_eq!(
+        c.root_dir,
+        Path::new("/opt/codedeploy-agent/deployment-root")
+    );
+    assert_eq!(c.log_dir, Path::new("/var/log/aws/codedeploy-agent/"));
+    assert_eq!(c.pid_dir, Path::new("/opt/codedeploy-agent/state/.pid/"));
+    assert_eq!(c.program_name, "codedeploy-agent");
+    assert!(!c.verbose);
+    assert_eq!(c.wait_between_runs, 1);
+    assert_eq!(c.max_revisions, 5);
+    assert_eq!(c.proxy_uri, None);
+}
+
+/// An unpacked release tarball (packaging/build makes the same) and a fake `systemctl`.
+struct Stage {
+    dir: tempfile::TempDir,
+}
+
+impl Stage {
+    /// With a stand-in script for the binary: the debug binary is hundreds of MB, and only
+    /// the layout test needs the real one.
+    fn new() -> Self {
+        Self::build(false)
+    }
+
+    fn with_real_binary() -> Self {
+        Self::build(true)
+    }
+
+    fn build(real_binary: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Self { dir };
+        let t = s.tarball();
+        for sub in ["bin", "conf", "systemd"] {
+            fs::create_dir_all(t.join(sub)).expect("mkdir");
+        }
+        let copy = |from: &Path, to: PathBuf, mode: u32| {
+            fs::copy(from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        let bin = t.join("bin/codedeploy-agent");
+        if real_binary {
+            copy(
+                Path::new(env!("CARGO_BIN_EXE_codedeploy-agent")),
+                bin,
+                0o755,
+            );
+        } else {
+            fs::write(&bin, "#!/bin/sh\necho codedeploy-agent 0.0.0-stand-in\n").expect("write");
+            fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        copy(
+            &repo("packaging/codedeployagent.yml"),
+            t.join("conf/codedeployagent.yml"),
+            0o644,
+        );
+        copy(
+            &repo("systemd/codedeploy-agent.service"),
+            t.join("systemd").join(UNIT),
+            0o644,
+        );
+        copy(&repo("packaging/install.sh"), t.join("install.sh"), 0o755);
+        copy(
+            &repo("packaging/after-install.sh"),
+            t.join("after-install.sh"),
+            0o755,
+        );
+        let fake = s.dir.path().join("fakebin");
+        fs::create_dir_all(&fake).expect("mkdir");
+        let script = format!("#!/bin/sh\necho \"$*\" >> '{}'\n", s.calls_file().display());
+        fs::write(fake.join("systemctl"), script).expect("fake systemctl");
+        fs::set_permissions(fake.join("systemctl"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        s
+    }
+
+    fn tarball(&self) -> PathBuf {
+        self.dir.path().join("codedeploy-agent-0.0.0-x86_64")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn calls_file(&self) -> PathBuf {
+        self.dir.path().join("systemctl-calls")
+    }
+
+    /// What the scripts asked of systemctl since the last call, one line per call.
+    fn take_calls(&self) -> Vec<String> {
+        let text = fs::read_to_string(self.calls_file()).unwrap_or_default();
+        let _ = fs::remove_file(self.calls_file());
+        text.lines().map(str::to_owned).collect()
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("fakebin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("PATH", path)
+            .env_remove("CODEDEPLOY_AGENT_NO_START")
+            .env_remove("CODEDEPLOY_AGENT_ROOT")
+            .env_remove("CODEDEPLOY_AGENT_TEST_SYSTEMCTL")
+            .env_remove("PACKER_BUILD_NAME")
+            .env_remove("DESTDIR");
+        cmd
+    }
+
+    /// `install.sh --root <root> <args>`; `live`: as on a machine with systemd running.
+    fn install(&self, live: bool, args: &[&str], env: &[(&str, &str)]) -> String {
+        let mut cmd = self.command(&self.tarball().join("install.sh"));
+        cmd.arg("--root").arg(self.root()).args(args);
+        if live {
+            cmd.env("CODEDEPLOY_AGENT_TEST_SYSTEMCTL", "1");
+        }
+        cmd.envs(env.iter().copied());
+        ok(cmd.output().expect("run install.sh"))
+    }
+
+    /// after-install.sh as a package manager calls it, against the staged root.
+    fn after_install(&self, args: &[&str]) -> String {
+        let mut cmd = self.command(&repo("packaging/after-install.sh"));
+        cmd.args(args)
+            .env("CODEDEPLOY_AGENT_ROOT", self.root())
+            .env("CODEDEPLOY_AGENT_TEST_SYSTEMCTL", "1");
+        ok(cmd.output().expect("run after-install.sh"))
+    }
+
+    fn config(&self) -> PathBuf {
+        self.root()
+            .join("etc/codedeploy-agent/conf/codedeployagent.yml")
+    }
+}
+
+fn ok(out: Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "failed ({}):\n{text}", out.status);
+    text
+}
+
+/// Every file and symlink under `root` (relative path -> mode or link target).
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for entry in fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
+            let meta = fs::symlink_metadata(&path).expect("lstat");
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).expect("readlink");
+                out.insert(rel, format!("-> {}", target.display()));
+            } else if meta.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.insert(rel, format!("{:o}", meta.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn install_sh_lays_out_exactly_the_aws_files() {
+    let s = Stage::with_real_binary();
+    s.install(false, &[], &[]);
+    let want: BTreeMap<String, String> = [
+        ("etc/codedeploy-agent/conf/codedeployagent.yml", "644"),
+        ("opt/codedeploy-agent/bin/codedeploy-agent", "755"),
+        (
+            "opt/codedeploy-agent/bin/codedeploy-local",
+            "-> codedeploy-agent",
+        ),
+        (
+            "usr/bin/codedeploy-local",
+            "-> /opt/codedeploy-agent/bin/codedeploy-agent",
+        ),
+        ("usr/lib/systemd/system/codedeploy-agent.service", "644"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(tree(&s.root()), want);
+    assert_eq!(
+        fs::read(s.config()).expect("config"),
+        fs::read(repo("packaging/codedeployagent.yml")).expect("shipped")
+    );
+    assert_eq!(
+        fs::read(s.root().join("usr/lib/systemd/system").join(UNIT)).expect("unit"),
+        fs::read(repo("systemd/codedeploy-agent.service")).expect("shipped")
+    );
+    // A staged tree: enabled offline there, the host's systemd untouched, never started.
+    assert_eq!(
+        s.take_calls(),
+        [format!("--root={} enable {UNIT}", s.root().display())]
+    );
+    // The installed binary runs, also under its codedeploy-local name (argv[0] dispatch).
+    let bin = s.root().join("opt/codedeploy-agent/bin/codedeploy-agent");
+    let version = ok(Command::new(&bin).arg("--version").output().expect("run"));
+    assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    let local = s.root().join("opt/codedeploy-agent/bin/codedeploy-local");
+    ok(Command::new(local).arg("--help").output().expect("run"));
+}
+
+#[test]
+fn reinstall_keeps_a_modified_config_and_does_not_reenable() {
+    let s = Stage::new();
+    s.install(false, &[], &[]);
+    s.take_calls();
+    let mine = ":root_dir: '/srv/deployments'\n:verbose: true\n";
+    fs::write(s.config(), mine).expect("edit config");
+    let said = s.install(false, &[], &[]);
+    assert_eq!(read(&s.config()), mine);
+    assert!(said.contains("keeping your"), "{said}");
+    // An upgrade leaves the enablement as the administrator had it.
+    assert_eq!(s.take_calls(), Vec::<String>::new());
+    assert_eq!(tree(&s.root()).len(), 5);
+}
+
+#[test]
+fn fresh_install_enables_and_starts_unless_told_not_to() {
+    let s = Stage::new();
+    s.install(true, &[], &[]);
+    assert_eq!(
+        s.take_calls(),
+        [
+            "daemon-reload".to_owned(),
+            format!("enable {UNIT}"),
+            format!("start {UNIT}")
+        ]
+    );
+
+    let enable_only = ["daemon-reload".to_owned(), format!("enable {UNIT}")];
+    for (args, env) in [
+        (&["--no-start"][..], &[][..]),
+        (&[][..], &[("CODEDEPLOY_AGENT_NO_START", "1")][..]),
+        (&[][..], &[("PACKER_BUILD_NAME", "amazon-ebs.agent")][..]),
+    ] {
+        let s = Stage::new();
+        let said = s.install(true, args, env);
+        assert_eq!(s.take_calls(), enable_only, "{args:?} {env:?}");
+        assert!(said.contains("not started"), "{said}");
+    }
+}
+
+#[test]
+fn upgrade_restarts_only_when_no_command_is_in_flight() {
+    let s = Stage::new();
+    s.install(true, &[], &[]);
+    s.take_calls();
+    // An empty tracking directory: nothing in flight.
+    let tracking = s
+        .root()
+        .join("opt/codedeploy-agent/deployment-root/ongoing-deployment");
+    fs::create_dir_all(&tracking).expect("mkdir");
+    s.install(true, &[], &[]);
+    assert_eq!(
+        s.take_calls(),
+        [
+            "daemon-reload".to_owned(),
+            format!("--no-block try-restart {UNIT}")
+        ]
+    );
+
+    fs::write(tracking.join("d-EXAMPLE111"), "WyJjb21tYW5kIl0=").expect("tracking file");
+    let said = s.install(true, &[], &[]);
+    assert_eq!(s.take_calls(), ["daemon-reload"]);
+    assert!(
+        said.contains("in progress") && said.contains("next restart"),
+        "{said}"
+    );
+
+    // The tracking directory follows root_dir and ongoing_deployment_tracking of the config.
+    fs::write(
+        s.config(),
+        ":root_dir: \"/srv/cd\"\n:ongoing_deployment_tracking: inflight\n",
+    )
+    .expect("config");
+    s.install(true, &[], &[]);
+    assert_eq!(
+        s.take_calls(),
+        [
+            "daemon-reload".to_owned(),
+            format!("--no-block try-restart {UNIT}")
+        ],
+        "the default tracking directory no longer counts"
+    );
+    let custom = s.root().join("srv/cd/inflight");
+    fs::create_dir_all(&custom).expect("mkdir");
+    fs::write(custom.join("d-EXAMPLE222.result"), "{}").expect("owed result");
+    s.install(true, &[], &[]);
+    assert_eq!(s.take_calls(), ["daemon-reload"]);
+
+    // No restart either when told not to start.
+    fs::remove_file(custom.join("d-EXAMPLE222.result")).expect("rm");
+    s.install(true, &["--no-start"], &[]);
+    assert_eq!(s.take_calls(), ["daemon-reload"]);
+}
+
+#[test]
+fn package_manager_arguments_map_to_install_or_upgrade() {
+    let enable = [
+        "daemon-reload".to_owned(),
+        format!("enable {UNIT}"),
+        format!("start {UNIT}"),
+    ];
+    let restart = [
+        "daemon-reload".to_owned(),
+        format!("--no-block try-restart {UNIT}"),
+    ];
+    let cases: [(&[&str], &[String]); 6] = [
+        (&["configure"], &enable),             // deb, fresh install
+        (&["configure", "0.0.9-1"], &restart), // deb, upgrade from 0.0.9
+        (&["1"], &enable),                     // rpm %post, install
+        (&["2"], &restart),                    // rpm %post, upgrade
+        (&["abort-upgrade", "0.0.9-1"], &[]),  // deb error unwinding: leave things alone
+        (&["triggered"], &[]),
+    ];
+    for (args, want) in cases {
+        let s = Stage::new();
+        s.install(false, &[], &[]);
+        s.take_calls();
+        s.after_install(args);
+        assert_eq!(s.take_calls(), want, "after-install.sh {args:?}");
+    }
+}
