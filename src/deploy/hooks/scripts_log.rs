@@ -136,6 +136,14 @@ pub(crate) fn strip_ansi(input: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// Local time as `YYYY-MM-DD HH:MM:SS` and the milliseconds, via `localtime_r`.
+#[cfg_attr(
+    target_env = "musl",
+    expect(
+        deprecated,
+        reason = "the libc crate marks musl's time_t deprecated ahead of its 64-bit change; \
+                  it is 64-bit on every target we build"
+    )
+)]
 pub(crate) fn local_timestamp() -> (String, u32) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
