@@ -1,7 +1,8 @@
 //! Executing an install plan (agent-behaviour.md §6): clean up the group's previous install,
 //! apply `file_exists_behavior`, write `<dg>-install.json`, then copy, make directories and set
-//! permissions while recording every installed path in `<dg>-cleanup` before it exists, so a
-//! kill at any point leaves a cleanup file the next install can act on.
+//! permissions while recording every installed path in `<dg>-cleanup` before it exists (the AWS
+//! agent records a directory after making it), so a kill at any point leaves a cleanup file the
+//! next install can act on.
 //!
 //! Copies use the kernel's fast path (`copy_file_range` through `std::io::copy` between files)
 //! and run in parallel in batches; the batch's paths are written to the cleanup file first.
@@ -336,20 +337,24 @@ impl Execution<'_> {
                     i = end;
                 }
                 Instruction::Mkdir { directory } => {
+                    // Made by an earlier entry of this plan or by someone else since the plan
+                    // was built: then it is not ours to remove.
+                    if fs::symlink_metadata(directory).is_ok_and(|m| m.is_dir()) {
+                        i += 1;
+                        continue;
+                    }
+                    // Write-ahead, like the copies: the directory is in the cleanup file before
+                    // it exists, so a kill between the two leaves nothing unrecorded. (Should
+                    // someone create it in that instant, it is recorded as ours and removed by
+                    // the next cleanup only if empty.)
+                    self.record(directory.as_os_str().as_bytes(), directory)?;
                     match fs::create_dir(directory) {
                         Ok(()) => {}
-                        // Made by an earlier entry of this plan or by someone else since the
-                        // plan was built: then it is not ours to remove.
                         Err(e)
                             if e.kind() == io::ErrorKind::AlreadyExists
-                                && fs::metadata(directory).is_ok_and(|m| m.is_dir()) =>
-                        {
-                            i += 1;
-                            continue;
-                        }
+                                && fs::metadata(directory).is_ok_and(|m| m.is_dir()) => {}
                         Err(e) => return Err(io_err("create directory", directory)(e)),
                     }
-                    self.record(directory.as_os_str().as_bytes(), directory)?;
                     self.summary.directories += 1;
                     i += 1;
                 }
