@@ -483,6 +483,51 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Shows how much of a remote bundle has arrived, by watching `bundle.tar` grow (a local
+/// bundle is a symlink there and is not shown).
+struct DownloadWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DownloadWatcher {
+    fn start(file: PathBuf) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut shown = false;
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(meta) = std::fs::symlink_metadata(&file)
+                    && meta.is_file()
+                    && meta.len() >= 1 << 20
+                {
+                    print!("\r  downloading: {} MiB", meta.len() >> 20);
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    shown = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            if shown {
+                println!();
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DownloadWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn fmt_duration(d: std::time::Duration) -> String {
     if d.as_secs() >= 60 {
         format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
@@ -569,6 +614,11 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                 return;
             }
             match p {
+                // A running count while a large bundle unpacks.
+                Progress::Unpacking { files, bytes } if files >= 1000 => {
+                    print!("\r  unpacking: {files} files, {} MiB", bytes >> 20);
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                }
                 // A progress bar for installs large enough to take a while.
                 Progress::Copying { done, total } if total >= 2000 => {
                     let width = 30;
@@ -588,6 +638,9 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                     bytes,
                     elapsed,
                 } if files > 0 => {
+                    if files >= 1000 {
+                        println!();
+                    }
                     println!(
                         "  bundle unpacked: {files} files, {} KiB in {}",
                         bytes / 1024,
@@ -608,7 +661,10 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         if tty {
             println!("==> {event}");
         }
+        let watcher = (tty && event == "DownloadBundle")
+            .then(|| DownloadWatcher::start(deployment_dir.join("bundle.tar")));
         let result = executor.execute(&event, &spec, &mapping, &mut progress);
+        drop(watcher);
         match result {
             Ok(()) => {
                 if tty {

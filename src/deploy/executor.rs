@@ -165,6 +165,11 @@ pub enum Progress {
         elapsed: Duration,
     },
     /// Install has copied `done` of `total` files.
+    /// DownloadBundle has unpacked `files` files (`bytes` of data) so far.
+    Unpacking {
+        files: u64,
+        bytes: u64,
+    },
     Copying {
         done: usize,
         total: usize,
@@ -312,9 +317,14 @@ impl Executor<'_> {
             Fetched::Archive { bundle_type } => {
                 // The spec's type decides; an unknown type is read as tar, as the AWS agent does.
                 let kind = bundle_type.parse::<BundleType>().unwrap_or(BundleType::Tar);
-                let summary =
-                    archive::unpack(&bundle_file, kind, &archive_dir, &self.settings.unpack)
-                        .map_err(|e| CommandFailure::unknown(e.to_string()))?;
+                let summary = archive::unpack_with_progress(
+                    &bundle_file,
+                    kind,
+                    &archive_dir,
+                    &self.settings.unpack,
+                    &mut |files, bytes| progress(Progress::Unpacking { files, bytes }),
+                )
+                .map_err(|e| CommandFailure::unknown(e.to_string()))?;
                 (summary.files, summary.bytes)
             }
         };

@@ -342,9 +342,21 @@ pub fn unpack(
     target: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackSummary, UnpackError> {
+    unpack_with_progress(archive, kind, target, opts, &mut |_, _| {})
+}
+
+/// [`unpack`], calling `progress(files, bytes)` as entries are written (every
+/// [`PROGRESS_EVERY`] files or so, and at the end).
+pub fn unpack_with_progress(
+    archive: &Path,
+    kind: BundleType,
+    target: &Path,
+    opts: &UnpackOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<UnpackSummary, UnpackError> {
     tracing::info!(archive = %archive.display(), target = %target.display(), %kind, "unpacking bundle");
     let root = prepare_target(target)?;
-    let result = unpack_into(archive, kind, target, root, opts);
+    let result = unpack_into(archive, kind, target, root, opts, progress);
     match &result {
         Ok(summary) => tracing::info!(
             files = summary.files,
@@ -363,12 +375,16 @@ pub fn unpack(
     result
 }
 
+/// How many files between two progress calls.
+pub const PROGRESS_EVERY: u64 = 256;
+
 fn unpack_into(
     archive: &Path,
     kind: BundleType,
     target: &Path,
     root: OwnedFd,
     opts: &UnpackOptions,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<UnpackSummary, UnpackError> {
     let available = match opts.available_bytes {
         Some(n) => n,
@@ -393,6 +409,7 @@ fn unpack_into(
         users: HashMap::new(),
         groups: HashMap::new(),
         summary: UnpackSummary::default(),
+        progress,
     };
     match kind {
         BundleType::Zip => zipx::unpack(&mut cx)?,
@@ -400,8 +417,12 @@ fn unpack_into(
         BundleType::Tgz => tarx::unpack(&mut cx, true)?,
     }
     let Cx {
-        fs, mut summary, ..
+        fs,
+        mut summary,
+        progress,
+        ..
     } = cx;
+    progress(summary.files, summary.bytes);
     summary.dirs = fs.created_dirs;
     fs.finish()
         .map_err(|(path, e)| map_fs(archive, target, &path.to_bytes(), e))?;
@@ -537,6 +558,7 @@ struct Cx<'a> {
     users: HashMap<Vec<u8>, Option<Uid>>,
     groups: HashMap<Vec<u8>, Option<Gid>>,
     summary: UnpackSummary,
+    progress: &'a mut dyn FnMut(u64, u64),
 }
 
 impl Cx<'_> {
@@ -660,6 +682,9 @@ impl Cx<'_> {
                 self.fs.file(&path, meta, data, size, replace).map(|n| {
                     self.summary.files += 1;
                     self.summary.bytes += n;
+                    if self.summary.files.is_multiple_of(PROGRESS_EVERY) {
+                        (self.progress)(self.summary.files, self.summary.bytes);
+                    }
                 })
             }
             Item::Symlink(link) => {
