@@ -52,6 +52,18 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // If the test process dies without dropping us (killed by a timeout), take the agent
+        // with it rather than leave a daemon polling a dead fake service.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         let child = cmd.spawn().expect("spawn the agent");
         Self { child, log }
     }
