@@ -5,7 +5,7 @@ mod acl;
 pub mod model;
 mod parse;
 pub mod pattern;
-mod ruby;
+pub(crate) mod ruby;
 mod selinux;
 mod yaml;
 

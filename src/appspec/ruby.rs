@@ -513,7 +513,7 @@ pub(super) fn float_to_s(v: f64) -> String {
 }
 
 /// Ruby `String#inspect` for a UTF-8 string.
-pub(super) fn inspect_str(s: &str) -> String {
+pub(crate) fn inspect_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     let mut chars = s.chars().peekable();
@@ -529,6 +529,7 @@ pub(super) fn inspect_str(s: &str) -> String {
             '\x08' => out.push_str("\\b"),
             '\x07' => out.push_str("\\a"),
             '\x1b' => out.push_str("\\e"),
+            '\x7f' => out.push_str("\\x7F"),
             '#' if matches!(chars.peek(), Some('{' | '$' | '@')) => out.push_str("\\#"),
             c if c.is_control() => {
                 let _ = write!(out, "\\u{:04X}", u32::from(c));
@@ -538,6 +539,13 @@ pub(super) fn inspect_str(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// Ruby's `Array#inspect` of strings, as string interpolation of an array renders it:
+/// `["a", "b\"c"]`.
+pub(crate) fn inspect_str_array(items: &[String]) -> String {
+    let inner: Vec<String> = items.iter().map(|s| inspect_str(s)).collect();
+    format!("[{}]", inner.join(", "))
 }
 
 /// Ruby `Symbol#inspect`: `:foo`, or `:"foo bar"` when the name is not a plain identifier.

@@ -472,40 +472,13 @@ impl Identity {
     }
 }
 
-/// The endpoint domain for a region when IMDS does not say: `amazonaws.eu` for exactly
-/// `eusc-de-east-1`, `amazonaws.com.cn` for `cn-*`, else `amazonaws.com`.
-pub fn domain_for_region(region: &str) -> &'static str {
-    if region == "eusc-de-east-1" {
-        "amazonaws.eu"
-    } else if region.starts_with("cn-") {
-        "amazonaws.com.cn"
-    } else {
-        "amazonaws.com"
-    }
-}
+pub use super::endpoint::domain_for_region;
 
 /// The on-premises check of §1.3 (`partition-region-pattern.json`): the domain must be known
 /// and the region must fit it.
 pub fn check_onprem_endpoint(domain: &str, region: &str) -> Result<(), IdentityError> {
-    let fits = match domain {
-        // ^[0-9a-z-]{1,20}$
-        "amazonaws.com" | "amazonaws.eu" => {
-            (1..=20).contains(&region.len())
-                && region
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
-        }
-        // ^cn\-\w+\-\d+$ (\w never matches '-', so the rest splits at its only '-')
-        "amazonaws.com.cn" => region
-            .strip_prefix("cn-")
-            .and_then(|rest| rest.split_once('-'))
-            .is_some_and(|(word, digits)| {
-                !word.is_empty()
-                    && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                    && !digits.is_empty()
-                    && digits.bytes().all(|b| b.is_ascii_digit())
-            }),
-        _ => return Err(IdentityError::UnknownDomain(domain.to_owned())),
+    let Some(fits) = super::endpoint::region_matches_partition(domain, region) else {
+        return Err(IdentityError::UnknownDomain(domain.to_owned()));
     };
     if fits {
         Ok(())

@@ -130,16 +130,6 @@ pub enum Shutdown {
     Immediate,
 }
 
-/// What the daemon knows about itself, for logs and status.
-#[derive(Debug, Clone, Default)]
-pub struct Health {
-    pub last_poll_ok: Option<Instant>,
-    pub last_error: Option<String>,
-    pub consecutive_errors: u32,
-    pub commands_started: u64,
-    pub commands_reported: u64,
-}
-
 /// The daemon's state.
 pub struct Agent<C> {
     pub client: C,
@@ -150,7 +140,6 @@ pub struct Agent<C> {
     gate: ThrottleGate,
     in_flight: Mutex<HashSet<String>>,
     group_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub health: Mutex<Health>,
     /// systemd notifications (a no-op outside systemd).
     pub notifier: Notifier,
     /// When the poll loop last went round; the watchdog pings only while it is recent.
@@ -212,7 +201,6 @@ impl<C: HostCommands + 'static> Agent<C> {
             gate: ThrottleGate::default(),
             in_flight: Mutex::new(HashSet::new()),
             group_locks: Mutex::new(HashMap::new()),
-            health: Mutex::new(Health::default()),
             notifier: Notifier::from_env(),
             heartbeat: Mutex::new(Instant::now()),
             observed: Arc::new(Observed::new(
@@ -248,10 +236,6 @@ impl<C: HostCommands + 'static> Agent<C> {
                 tokio::time::sleep(interval / 2).await;
             }
         });
-    }
-
-    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Calls the service through the throttle gate, retrying transient failures with backoff
@@ -314,7 +298,6 @@ impl<C: HostCommands + 'static> Agent<C> {
             {
                 Ok(()) => {
                     self.gate.succeeded();
-                    self.health().commands_reported += 1;
                     self.observed
                         .reported(host_command_id, &result.status, &result.payload);
                     tracing::info!(host_command_id, status = %result.status, "reported");
@@ -442,7 +425,6 @@ impl<C: HostCommands + 'static> Agent<C> {
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(id.clone());
                         if fresh {
-                            self.health().commands_started += 1;
                             let me = Arc::clone(self);
                             let stop = shutdown.clone();
                             tasks.spawn(async move {
@@ -502,18 +484,10 @@ impl<C: HostCommands + 'static> Agent<C> {
                     errors = 0;
                     self.gate.succeeded();
                     self.observed.poll_ok();
-                    let mut h = self.health();
-                    h.last_poll_ok = Some(Instant::now());
-                    h.consecutive_errors = 0;
                 }
                 Some((kind, message)) => {
                     errors = errors.saturating_add(1);
                     self.observed.poll_failed(kind, &message, errors);
-                    {
-                        let mut h = self.health();
-                        h.last_error = Some(message.clone());
-                        h.consecutive_errors = errors;
-                    }
                     // The same error over and over is logged once a minute, not every time.
                     let repeat = last_logged.as_ref().is_some_and(|(m, at)| {
                         *m == message && at.elapsed() < Duration::from_secs(60)
@@ -966,13 +940,13 @@ mod tests {
             "arn:aws:ec2:us-east-1:1:instance/i-other",
         ));
         let a = agent(&mock, dir.path());
-        run_until(&a, || a.health().consecutive_errors > 0).await;
+        run_until(&a, || a.observed.report().consecutive_errors > 0).await;
         assert!(
             mock.calls().iter().all(|(op, _)| op == "Poll"),
             "{:?}",
             mock.calls()
         );
-        let h = a.health().clone();
+        let h = a.observed.report();
         assert!(h.last_error.is_some_and(|e| e.starts_with(
             "Host Identifier mismatch: arn:aws:ec2:us-east-1:111122223333:instance/i-0abc != "
         )));

@@ -543,15 +543,6 @@ pub fn hook_env(event: &str, spec: &DeploymentSpec) -> HookEnv {
     }
 }
 
-/// Ruby's `Array#inspect` of strings: `["a", "b"]`.
-fn ruby_inspect(items: &[String]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("[{}]", quoted.join(", "))
-}
-
 /// The Install-time checks against `AllPossibleLifecycleEvents` (§5.10).
 fn check_lifecycle_events(
     appspec: &AppSpec,
@@ -579,7 +570,7 @@ fn check_lifecycle_events(
     if !unknown.is_empty() {
         return Err(CommandFailure::unknown(format!(
             "{name} file contains unknown lifecycle events: {}",
-            ruby_inspect(&unknown)
+            crate::appspec::ruby::inspect_str_array(&unknown)
         )));
     }
     let defaults = HookMapping::default_mapping();
@@ -622,7 +613,7 @@ mod tests {
     #[test]
     fn ruby_array_inspect() {
         assert_eq!(
-            ruby_inspect(&["Foo".into(), "Bar\"".into()]),
+            crate::appspec::ruby::inspect_str_array(&["Foo".into(), "Bar\"".into()]),
             r#"["Foo", "Bar\""]"#
         );
     }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::appspec::Position;
+use crate::appspec::ruby::inspect_str_array as ruby_inspect_array;
 
 /// One reason the plan cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,41 +211,6 @@ impl PlanError {
         all.extend(self.rest);
         all
     }
-}
-
-/// Ruby's `Array#inspect` of strings, as string interpolation of an array renders it:
-/// `["a", "b\"c"]`.
-pub(super) fn ruby_inspect_array(items: &[String]) -> String {
-    let inner: Vec<String> = items.iter().map(|s| ruby_inspect_str(s)).collect();
-    format!("[{}]", inner.join(", "))
-}
-
-/// Ruby's `String#inspect` for a UTF-8 string.
-fn ruby_inspect_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{1b}' => out.push_str("\\e"),
-            // `#{`, `#$` and `#@` would start interpolation in a Ruby literal.
-            '#' if matches!(chars.peek(), Some('{' | '$' | '@')) => out.push_str("\\#"),
-            '\u{7f}' => out.push_str("\\x7F"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
