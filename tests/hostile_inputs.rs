@@ -910,75 +910,222 @@ fn as_text(data: &[u8]) -> Option<&str> {
     std::str::from_utf8(data).ok()
 }
 
-#[test]
-fn fuzz_regressions_and_corpora_replay_without_panics() {
+const FUZZ_TARGETS: [&str; 7] = [
+    "appspec",
+    "spec_envelope",
+    "pkcs7_verify",
+    "acl_selinux",
+    "agent_config",
+    "onprem_config",
+    "archive_unpack",
+];
+
+/// One input through one fuzz target's entry point, as `fuzz/fuzz_targets/<target>.rs` runs it.
+/// The unpacker runs against `site` and must leave it holding the target or nothing.
+fn run_fuzz_target(target: &str, data: &[u8], site: &Site) {
     use codedeploy_agent::appspec::fuzzing;
     use codedeploy_agent::config::Config;
     use codedeploy_agent::control::onprem;
     use codedeploy_agent::revision::archive::detect;
     use codedeploy_agent::spec::{self, pkcs7};
 
-    let mut replayed = 0;
-    for path in replay_files("appspec") {
-        if let Some(t) = as_text(&fs::read(&path).expect("read")) {
-            let _ = appspec::parse(t, Os::Linux);
+    match target {
+        "appspec" => {
+            if let Some(t) = as_text(data) {
+                let _ = appspec::parse(t, Os::Linux);
+            }
         }
-        replayed += 1;
-    }
-    for path in replay_files("spec_envelope") {
-        let data = fs::read(&path).expect("read");
-        if let Some((&sel, rest)) = data.split_first()
-            && let Some(payload) = as_text(rest)
-        {
-            let format =
-                [Some("TEXT/JSON"), Some("PKCS7/JSON"), None, Some("XML")][usize::from(sel % 4)];
-            let _ = spec::parse_envelope(format, payload, sel & 0x80 == 0);
+        "spec_envelope" => {
+            if let Some((&sel, rest)) = data.split_first()
+                && let Some(payload) = as_text(rest)
+            {
+                let format = [Some("TEXT/JSON"), Some("PKCS7/JSON"), None, Some("XML")]
+                    [usize::from(sel % 4)];
+                let _ = spec::parse_envelope(format, payload, sel & 0x80 == 0);
+            }
         }
-        replayed += 1;
-    }
-    for path in replay_files("pkcs7_verify") {
-        let data = fs::read(&path).expect("read");
-        let _ = pkcs7::verify_signed_der(&data);
-        if let Some(t) = as_text(&data) {
-            let _ = pkcs7::verify_signed_content(t);
+        "pkcs7_verify" => {
+            let _ = pkcs7::verify_signed_der(data);
+            if let Some(t) = as_text(data) {
+                let _ = pkcs7::verify_signed_content(t);
+            }
         }
-        replayed += 1;
-    }
-    for path in replay_files("acl_selinux") {
-        if let Some(t) = as_text(&fs::read(&path).expect("read")) {
-            let _ = fuzzing::parse_ace(t);
-            let _ = fuzzing::parse_range(t);
+        "acl_selinux" => {
+            if let Some(t) = as_text(data) {
+                let _ = fuzzing::parse_ace(t);
+                let _ = fuzzing::parse_range(t);
+            }
         }
-        replayed += 1;
-    }
-    for path in replay_files("agent_config") {
-        if let Some(t) = as_text(&fs::read(&path).expect("read")) {
-            let _ = Config::parse(t, Path::new("codedeployagent.yml"));
+        "agent_config" => {
+            if let Some(t) = as_text(data) {
+                let _ = Config::parse(t, Path::new("codedeployagent.yml"));
+            }
         }
-        replayed += 1;
-    }
-    for path in replay_files("onprem_config") {
-        if let Some(t) = as_text(&fs::read(&path).expect("read")) {
-            let _ = onprem::parse(t, Path::new("codedeploy.onpremises.yml"));
+        "onprem_config" => {
+            if let Some(t) = as_text(data) {
+                let _ = onprem::parse(t, Path::new("codedeploy.onpremises.yml"));
+            }
         }
-        replayed += 1;
-    }
-    let capped = UnpackOptions {
-        available_bytes: Some(64 * MIB),
-        max_entries: 10_000,
-        ..opts()
-    };
-    for path in replay_files("archive_unpack") {
-        let data = fs::read(&path).expect("read");
-        for kind in [BundleType::Zip, BundleType::Tar, BundleType::Tgz] {
-            let site = Site::new();
-            let bundle = site.bundle(&data);
+        "archive_unpack" => {
+            let capped = UnpackOptions {
+                available_bytes: Some(64 * MIB),
+                max_entries: 10_000,
+                ..opts()
+            };
+            let bundle = site.bundle(data);
             let _ = detect(&bundle);
-            let r = unpack(&bundle, kind, &site.target(), &capped);
-            site.assert_contained(r.is_ok());
+            for kind in [BundleType::Zip, BundleType::Tar, BundleType::Tgz] {
+                let r = unpack(&bundle, kind, &site.target(), &capped);
+                site.assert_contained(r.is_ok());
+                if r.is_ok() {
+                    fs::remove_dir_all(site.target()).expect("remove the unpacked target");
+                }
+            }
         }
-        replayed += 1;
+        other => panic!("unknown fuzz target {other}"),
+    }
+}
+
+#[test]
+fn fuzz_regressions_and_corpora_replay_without_panics() {
+    let site = Site::new();
+    let mut replayed = 0;
+    for target in FUZZ_TARGETS {
+        for path in replay_files(target) {
+            run_fuzz_target(target, &fs::read(&path).expect("read"), &site);
+            replayed += 1;
+        }
     }
     assert!(replayed > 50, "the committed corpora are there: {replayed}");
     let _ = std::io::stderr().write_all(format!("replayed {replayed} fuzz inputs\n").as_bytes());
+}
+
+/// xorshift64*: reproducible from the printed seed, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Values that make parsers take their edge paths: lengths, signs, YAML and path punctuation.
+const INTERESTING: &[u8] = b"\x00\x01\x7f\x80\xff:-/\\.*&!|>'\"\n\t #%@[]{}0";
+
+/// One to four libFuzzer-style mutations: bit flips, interesting bytes, inserted, deleted and
+/// duplicated runs, and splices from another corpus input.
+fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
+    const MAX_LEN: usize = 64 * 1024;
+    let mut out = input.to_vec();
+    for _ in 0..=rng.below(4) {
+        let len = out.len();
+        match rng.below(7) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                out[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                out[i] = INTERESTING[rng.below(INTERESTING.len())];
+            }
+            2 => {
+                let i = rng.below(len + 1);
+                let n = 1 + rng.below(16);
+                let byte = INTERESTING[rng.below(INTERESTING.len())];
+                out.splice(i..i, std::iter::repeat_n(byte, n));
+            }
+            3 if len > 1 => {
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(64));
+                out.drain(i..i + n);
+            }
+            4 if len > 1 => {
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(256));
+                let run: Vec<u8> = out[i..i + n].to_vec();
+                let at = rng.below(len + 1);
+                out.splice(at..at, run);
+            }
+            5 if !other.is_empty() => {
+                let cut = rng.below(len + 1);
+                let from = rng.below(other.len());
+                out.truncate(cut);
+                out.extend_from_slice(&other[from..]);
+            }
+            _ if len > 0 => {
+                // A multi-byte integer at a random place: lengths and counts in binary formats.
+                let i = rng.below(len);
+                let v = [0u32, 1, 0x7f, 0xff, 0xffff, 0x7fff_ffff, u32::MAX][rng.below(7)];
+                for (k, b) in v.to_le_bytes().iter().enumerate() {
+                    if let Some(slot) = out.get_mut(i + k) {
+                        *slot = *b;
+                    }
+                }
+            }
+            _ => out.push(INTERESTING[rng.below(INTERESTING.len())]),
+        }
+    }
+    out.truncate(MAX_LEN);
+    out
+}
+
+/// The bounded fuzzing CI runs on stable (issue 8, item 1): every fuzz target gets
+/// `FUZZ_STABLE_SECONDS` (default 3) of random mutations of its committed corpus. Not coverage
+/// guided like `cargo fuzz` (nightly, opt-in in scripts/test), but it runs on every CI build with
+/// no instrumented build. A panicking input is written out with the seed that reproduces it
+/// (`FUZZ_STABLE_SEED`).
+#[test]
+fn fuzz_targets_survive_random_mutations_for_a_bounded_time() {
+    let seconds: u64 = std::env::var("FUZZ_STABLE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("FUZZ_STABLE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    let site = Site::new();
+    let mut report = format!("fuzz_stable seed {seed}, {seconds}s per target:");
+    for target in FUZZ_TARGETS {
+        let corpus: Vec<Vec<u8>> = replay_files(target)
+            .iter()
+            .map(|p| fs::read(p).expect("read corpus"))
+            .collect();
+        assert!(!corpus.is_empty(), "{target} has a committed corpus");
+        let mut rng = Rng(seed ^ target.len() as u64 ^ 0x9e37_79b9_7f4a_7c15);
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut runs = 0u64;
+        while Instant::now() < deadline {
+            let input = &corpus[rng.below(corpus.len())];
+            let other = &corpus[rng.below(corpus.len())];
+            let data = mutate(&mut rng, input, other);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_fuzz_target(target, &data, &site)
+            }));
+            if let Err(panic) = outcome {
+                let saved = std::env::temp_dir().join(format!("fuzz-stable-{target}-{seed}"));
+                let _ = fs::write(&saved, &data);
+                eprintln!(
+                    "{target} panicked on {} (FUZZ_STABLE_SEED={seed}); add it to \
+                     fuzz/regressions/{target}/",
+                    saved.display()
+                );
+                std::panic::resume_unwind(panic);
+            }
+            runs += 1;
+        }
+        report.push_str(&format!(" {target} {runs}"));
+    }
+    let _ = std::io::stderr().write_all(format!("{report}\n").as_bytes());
 }
