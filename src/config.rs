@@ -590,10 +590,19 @@ mod tests {
         assert_eq!(c.scripts_log_rotation.max_bytes, 65536);
         assert_eq!(c.scripts_log_rotation.keep, 0);
         assert!(c.hook_output_to_journal && !c.log_to_journal);
-        assert_eq!(parse(":root_dir: /a\n:log_max_size: 10 KB\n").expect("ok").log_rotation.max_bytes, 10240);
+        assert_eq!(
+            parse(":root_dir: /a\n:log_max_size: 10 KB\n")
+                .expect("ok")
+                .log_rotation
+                .max_bytes,
+            10240
+        );
         for bad in ["12", "lots", "-1", "5 parsecs"] {
             let err = parse(&format!(":root_dir: /a\n:log_max_size: {bad}\n")).expect_err(bad);
-            assert!(err.to_string().contains("log_max_size: expected a size"), "{err}");
+            assert!(
+                err.to_string().contains("log_max_size: expected a size"),
+                "{err}"
+            );
         }
     }
 

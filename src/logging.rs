@@ -196,7 +196,10 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
             let value_start = i + name.len() + 1;
             let value_end = text[value_start..]
                 .find(|c: char| {
-                    matches!(c, '&' | ' ' | '\t' | '\n' | '"' | '\'' | '#' | ',' | ')' | '>')
+                    matches!(
+                        c,
+                        '&' | ' ' | '\t' | '\n' | '"' | '\'' | '#' | ',' | ')' | '>'
+                    )
                 })
                 .map_or(text.len(), |e| value_start + e);
             out.push_str(&text[i..value_start]);
@@ -208,7 +211,7 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
         if text[i..].starts_with("://") {
             let rest = &text[i + 3..];
             let end = rest
-                .find(|c: char| matches!(c, '/' | ' ' | '\'' | '"' | '\n' | '?' | '#'))
+                .find(['/', ' ', '\'', '"', '\n', '?', '#'])
                 .unwrap_or(rest.len());
             let authority = &rest[..end];
             if let Some(at) = authority.rfind('@') {
@@ -288,8 +291,8 @@ impl RotatingFile {
         let ours = self.file.metadata()?;
         // Another writer (a second process appending to the same log) may have rotated it
         // already: then only reopen.
-        let same = fs::metadata(&self.path)
-            .is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
+        let same =
+            fs::metadata(&self.path).is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
         if same {
             if self.rotation.keep == 0 {
                 remove_if_present(&self.path)?;
@@ -675,7 +678,12 @@ impl AgentLayer {
 
 /// One JSON object: `timestamp` (RFC 3339, UTC), `level`, `message`, `target`, then the
 /// fields (span context first; the event's own fields win on a clash).
-fn json_line(level: Level, target: &str, message: &str, fields: &[(&'static str, String)]) -> String {
+fn json_line(
+    level: Level,
+    target: &str,
+    message: &str,
+    fields: &[(&'static str, String)],
+) -> String {
     let mut object = serde_json::Map::new();
     object.insert("timestamp".into(), utc_timestamp(SystemTime::now()).into());
     object.insert("level".into(), level.as_str().into());

@@ -190,9 +190,11 @@ fn unsafe_root(root: &Path) -> bool {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     root.parent().is_none()
         || home.is_some_and(|h| fs::canonicalize(&h).unwrap_or(h) == root)
-        || ["/usr", "/etc", "/var", "/opt", "/home", "/root", "/tmp", "/bin", "/boot", "/srv"]
-            .iter()
-            .any(|p| root == Path::new(p))
+        || [
+            "/usr", "/etc", "/var", "/opt", "/home", "/root", "/tmp", "/bin", "/boot", "/srv",
+        ]
+        .iter()
+        .any(|p| root == Path::new(p))
 }
 
 /// Prepares (or, with `dry_run`, lists) the cleanup for `config`.

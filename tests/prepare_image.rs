@@ -80,9 +80,16 @@ fn used_machine() -> (Sandbox, PathBuf) {
     fs::write(pid.join("codedeploy-agent.status.json"), "{}").expect("status");
     fs::write(pid.join("unrelated.txt"), "not ours").expect("other");
     let log = s.path().join("log");
-    for name in ["codedeploy-agent.log", "codedeploy-agent.log.1", "codedeploy-agent.log.2"] {
-        fs::write(log.join(name), "2026-01-01 00:00:00 INFO  [codedeploy-agent(1)]: x\n")
-            .expect("log");
+    for name in [
+        "codedeploy-agent.log",
+        "codedeploy-agent.log.1",
+        "codedeploy-agent.log.2",
+    ] {
+        fs::write(
+            log.join(name),
+            "2026-01-01 00:00:00 INFO  [codedeploy-agent(1)]: x\n",
+        )
+        .expect("log");
     }
     fs::write(log.join("operator-notes.log"), "keep me").expect("other log");
     // A finished command whose result was accepted leaves nothing in the tracking dir; an
@@ -99,13 +106,21 @@ fn dry_run_lists_and_changes_nothing_then_the_real_run_removes_it_all() {
         before_root.iter().any(|p| p.ends_with("scripts.log")),
         "{before_root:?}"
     );
-    assert!(before_root.iter().any(|p| p.starts_with("deployment-instructions")));
+    assert!(
+        before_root
+            .iter()
+            .any(|p| p.starts_with("deployment-instructions"))
+    );
     let before_all = tree(s.path());
 
     let dry = prepare(&s, &["--dry-run"]);
     assert_eq!(dry.code, 0, "{dry:?}");
     assert!(dry.stdout.contains("Would remove:"), "{}", dry.stdout);
-    assert!(dry.stdout.contains("Dry run: nothing was changed."), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("Dry run: nothing was changed."),
+        "{}",
+        dry.stdout
+    );
     for expected in [
         s.root().join("dg"),
         s.root().join("deployment-instructions"),
@@ -138,16 +153,26 @@ fn dry_run_lists_and_changes_nothing_then_the_real_run_removes_it_all() {
     );
     // Operator-owned files are named as kept.
     assert!(
-        run.stdout.contains(&format!("  {} (the agent configuration", s.config().display())),
+        run.stdout.contains(&format!(
+            "  {} (the agent configuration",
+            s.config().display()
+        )),
         "{}",
         run.stdout
     );
     assert!(
-        run.stdout.contains(&format!("  {} (the on-premises configuration", onprem.display())),
+        run.stdout.contains(&format!(
+            "  {} (the on-premises configuration",
+            onprem.display()
+        )),
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("no identity or credentials on disk"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("no identity or credentials on disk"),
+        "{}",
+        run.stdout
+    );
 
     assert!(s.root().is_dir(), "the deployment root itself stays");
     assert_eq!(tree(&s.root()), Vec::<String>::new());
@@ -194,7 +219,8 @@ fn refuses_while_a_command_is_in_flight_or_owed_unless_forced() {
     let r = prepare(&s, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
-        r.stderr.contains("finished but its result was not yet accepted by the service"),
+        r.stderr
+            .contains("finished but its result was not yet accepted by the service"),
         "{}",
         r.stderr
     );
@@ -241,22 +267,30 @@ fn refuses_while_the_daemon_runs_and_proceeds_once_it_stopped() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("systemctl stop codedeploy-agent"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("systemctl stop codedeploy-agent"),
+        "{}",
+        r.stderr
+    );
     assert!(pid_file.exists(), "nothing removed while it runs");
     assert!(s.path().join("log/codedeploy-agent.log").exists());
     // The daemon's own files may have changed (status rewrites); the set of files is the same.
     assert_eq!(tree(s.path()), before);
 
     agent.signal(Signal::SIGTERM);
-    let status = agent.wait(Duration::from_secs(60)).expect("the agent stops");
+    let status = agent
+        .wait(Duration::from_secs(60))
+        .expect("the agent stops");
     assert!(status.success(), "{status:?}\n{}", agent.log_text());
     let r = prepare(&s, &[]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(!s.path().join("pid/codedeploy-agent.pid.lock").exists());
     assert!(!s.path().join("log/codedeploy-agent.log").exists());
     assert!(
-        r.stdout
-            .contains(&format!("  {}\n", s.path().join("log/codedeploy-agent.log").display())),
+        r.stdout.contains(&format!(
+            "  {}\n",
+            s.path().join("log/codedeploy-agent.log").display()
+        )),
         "{}",
         r.stdout
     );

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::HookError;
 use super::tail::Tail;
-use crate::logging::{Rotation, RotatingFile};
+use crate::logging::{RotatingFile, Rotation};
 
 /// The longest output line written as one entry. Longer lines are split into pieces of this
 /// size, each ending with a newline, so memory stays bounded whatever the script prints.
