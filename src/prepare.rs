@@ -164,8 +164,16 @@ fn in_flight(tracking: &Path) -> Result<Vec<String>, PrepareError> {
     Ok(out)
 }
 
-/// Files in `dir` named `name` or `name.<n>` (rotated copies).
+/// Files in `dir` named `name` or `name.<n>` (rotated copies), and for `<stem>.log` also the
+/// AWS agent's dated rolls `<stem>.<YYYYMMDD>.log`.
 fn log_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let dated = |n: &str| {
+        name.strip_suffix(".log")
+            .and_then(|stem| n.strip_prefix(stem))
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.strip_suffix(".log"))
+            .is_some_and(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()))
+    };
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -175,6 +183,7 @@ fn log_files(dir: &Path, name: &str) -> Vec<PathBuf> {
             let n = e.file_name();
             let n = n.to_string_lossy();
             n == name
+                || dated(&n)
                 || n.strip_prefix(name)
                     .and_then(|rest| rest.strip_prefix('.'))
                     .is_some_and(|num| !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()))

@@ -84,6 +84,8 @@ fn used_machine() -> (Sandbox, PathBuf) {
         "codedeploy-agent.log",
         "codedeploy-agent.log.1",
         "codedeploy-agent.log.2",
+        // Left by the AWS agent (daily rolls) on a host that switched agents.
+        "codedeploy-agent.20260101.log",
     ] {
         fs::write(
             log.join(name),
@@ -92,6 +94,7 @@ fn used_machine() -> (Sandbox, PathBuf) {
         .expect("log");
     }
     fs::write(log.join("operator-notes.log"), "keep me").expect("other log");
+    fs::write(log.join("codedeploy-agent.old.log"), "not a dated roll").expect("other log");
     // A finished command whose result was accepted leaves nothing in the tracking dir; an
     // empty tracking dir is normal.
     fs::create_dir_all(s.root().join("ongoing-deployment")).expect("tracking");
@@ -131,6 +134,7 @@ fn dry_run_lists_and_changes_nothing_then_the_real_run_removes_it_all() {
         s.path().join("pid/codedeploy-agent.status.json"),
         s.path().join("log/codedeploy-agent.log"),
         s.path().join("log/codedeploy-agent.log.2"),
+        s.path().join("log/codedeploy-agent.20260101.log"),
         s.path().join("log/codedeploy-local.log"),
     ] {
         assert!(
@@ -177,7 +181,10 @@ fn dry_run_lists_and_changes_nothing_then_the_real_run_removes_it_all() {
     assert!(s.root().is_dir(), "the deployment root itself stays");
     assert_eq!(tree(&s.root()), Vec::<String>::new());
     assert_eq!(tree(&s.path().join("pid")), ["unrelated.txt"]);
-    assert_eq!(tree(&s.path().join("log")), ["operator-notes.log"]);
+    assert_eq!(
+        tree(&s.path().join("log")),
+        ["codedeploy-agent.old.log", "operator-notes.log"]
+    );
     assert!(s.config().exists() && onprem.exists());
     assert!(s.dest().exists(), "installed applications are not touched");
 
