@@ -170,6 +170,10 @@ const SECRET_NAMES: &[&str] = &[
 /// `X-Amz-Security-Token`, `Signature`, `access_token`, ...) and URL user-info passwords with
 /// `REDACTED`. Text without them is returned as is.
 pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    // Most records have neither a parameter nor a URL with user info: no allocation for them.
+    if !text.contains('=') && !text.contains('@') {
+        return std::borrow::Cow::Borrowed(text);
+    }
     let lower = text.to_ascii_lowercase();
     let has_param = SECRET_NAMES
         .iter()
@@ -663,9 +667,19 @@ impl AgentLayer {
             Level::DEBUG | Level::TRACE => "DEBUG",
         };
         let mut line = format!("{stamp} {level} [{}({})]: ", self.program, self.pid);
+        // A field an outer span already showed with the same value is not repeated (the
+        // command's span and the executor's both carry the deployment id).
+        let mut shown: Vec<(&str, &str)> = Vec::new();
         for span in spans {
-            let rendered: Vec<String> = span.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let _ = write!(line, "{}: ", rendered.join(" "));
+            let rendered: Vec<String> = span
+                .iter()
+                .filter(|(k, v)| !shown.contains(&(*k, v.as_str())))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            shown.extend(span.iter().map(|(k, v)| (*k, v.as_str())));
+            if !rendered.is_empty() {
+                let _ = write!(line, "{}: ", rendered.join(" "));
+            }
         }
         line.push_str(message);
         for (k, v) in own {
@@ -845,6 +859,38 @@ mod tests {
         let mut buf = Vec::new();
         push_journal_field(&mut buf, "MESSAGE", "a\nb");
         assert_eq!(buf, b"MESSAGE\n\x03\0\0\0\0\0\0\0a\nb\n");
+    }
+
+    #[test]
+    fn text_lines_show_each_context_field_once() {
+        let layer = AgentLayer {
+            program: "codedeploy-agent".into(),
+            pid: 7,
+            file: None,
+            console: None,
+            journal: None,
+        };
+        let spans = vec![
+            vec![
+                ("host_command_id", "hc-1".to_owned()),
+                ("command", "BeforeInstall".to_owned()),
+                ("deployment_id", "d-1".to_owned()),
+            ],
+            vec![
+                ("deployment_id", "d-1".to_owned()),
+                ("command", "BeforeInstall".to_owned()),
+            ],
+            vec![
+                ("event", "BeforeInstall".to_owned()),
+                ("deployment_id", "d-1".to_owned()),
+            ],
+        ];
+        let line = layer.text_line(Level::WARN, &spans, "hello", &[("error_code", "4".into())]);
+        let (_, rest) = line.split_at(20);
+        assert_eq!(
+            rest,
+            "WARN  [codedeploy-agent(7)]: host_command_id=hc-1 command=BeforeInstall deployment_id=d-1: event=BeforeInstall: hello error_code=4\n"
+        );
     }
 
     #[test]

@@ -215,6 +215,7 @@ fn daemon_deployment_journal_fields_json_stderr_and_no_secrets() {
     gh["Revision"] = serde_json::json!({"RevisionType": "GitHub", "GitHubRevision": {
         "Account": "owner", "Repository": "repo", "CommitId": "0123456789abcdef0123456789abcdef01234567",
         "OAuthToken": "gho_LOGTESTSECRETTOKEN", "BundleType": "tar"}});
+    gh["GitHubAccessToken"] = "ghp_LOGTESTACCESSTOKEN".into();
     let c = run_commands(&fake, "gh", &["BeforeInstall"], &signed(&gh), T);
     assert_eq!(c.len(), 1, "{c:?}");
 
@@ -310,6 +311,7 @@ fn daemon_deployment_journal_fields_json_stderr_and_no_secrets() {
         "secret-ASIALOGTESTKEY",
         "session-ASIALOGTESTKEY",
         "gho_LOGTESTSECRETTOKEN",
+        "ghp_LOGTESTACCESSTOKEN",
     ];
     let status_json =
         fs::read_to_string(s.path().join("pid/codedeploy-agent.status.json")).unwrap_or_default();
