@@ -27,6 +27,8 @@ pub enum Command {
     Run(crate::daemon::start::RunArgs),
     /// Is the daemon running, is it healthy, what is it doing (LSB exit codes).
     Status(crate::daemon::status::StatusArgs),
+    /// Remove instance-specific agent state before an image (AMI) is taken.
+    PrepareImage(crate::prepare::PrepareArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -11,6 +11,39 @@ use saphyr_parser::{Event, Parser, ScalarStyle};
 
 use crate::deploy::layout::DEFAULT_MAX_REVISIONS;
 
+/// The agent log's rotation unless `log_max_size` / `log_max_files` say otherwise.
+pub const DEFAULT_LOG_ROTATION: crate::logging::Rotation = crate::logging::Rotation {
+    max_bytes: 16 * 1024 * 1024,
+    keep: 8,
+};
+
+/// scripts.log's rotation (and the cap of each hook's captured output) unless
+/// `scripts_log_max_size` / `scripts_log_max_files` say otherwise: 64 MiB x 8, as v2 does.
+pub const DEFAULT_SCRIPTS_LOG_ROTATION: crate::logging::Rotation = crate::logging::Rotation {
+    max_bytes: 64 * 1024 * 1024,
+    keep: 8,
+};
+
+/// The smallest size a log may be capped at (0 turns rotation off).
+const MIN_LOG_SIZE: u64 = 4096;
+
+/// Reads a size: a whole number of bytes, or a number with `K`, `M` or `G` (binary units;
+/// `KB`, `KiB`, `MB`, `MiB`, ... are accepted the same).
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
 /// The default configuration file, as the AWS agent packages it.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/codedeploy-agent/conf/codedeployagent.yml";
 
@@ -177,6 +210,16 @@ pub struct Config {
     /// Ours: the daemon waits up to this many milliseconds, at random, before its first poll,
     /// so instances launched together do not poll in lock-step.
     pub startup_jitter_ms: u64,
+    /// Ours: the agent log's size cap and rotated files kept (`log_max_size`, `log_max_files`).
+    pub log_rotation: crate::logging::Rotation,
+    /// Ours: each deployment's scripts.log (and the deployments log) size cap and rotated
+    /// files kept; the size is also the most of each hook's captured output kept on disk
+    /// (`scripts_log_max_size`, `scripts_log_max_files`).
+    pub scripts_log_rotation: crate::logging::Rotation,
+    /// Ours: send the agent's records to journald when running under systemd.
+    pub log_to_journal: bool,
+    /// Ours: also send hook output lines to journald (off by default).
+    pub hook_output_to_journal: bool,
 }
 
 /// Keys the AWS agent reads that this agent accepts without acting on them (process-model
@@ -230,6 +273,10 @@ impl Config {
             hook_kill_grace_seconds: 5,
             startup_jitter_ms: 5000,
             health_endpoint: None,
+            log_rotation: DEFAULT_LOG_ROTATION,
+            scripts_log_rotation: DEFAULT_SCRIPTS_LOG_ROTATION,
+            log_to_journal: true,
+            hook_output_to_journal: false,
         }
     }
 
@@ -365,6 +412,38 @@ impl Config {
                 }
                 "hook_kill_grace_seconds" => config.hook_kill_grace_seconds = integer(0)?,
                 "startup_jitter_ms" => config.startup_jitter_ms = integer(0)?,
+                "log_max_size" | "scripts_log_max_size" => {
+                    let bytes = match value {
+                        RawValue::Null => None,
+                        RawValue::Int(i) => u64::try_from(*i).ok(),
+                        RawValue::Text(t) => parse_size(t),
+                        _ => None,
+                    }
+                    .filter(|b| *b == 0 || *b >= MIN_LOG_SIZE)
+                    .ok_or_else(|| {
+                        invalid(
+                            key,
+                            format!(
+                                "expected a size such as 16MiB, 512KiB or a number of bytes \
+                                 (at least {MIN_LOG_SIZE}, or 0 for no rotation), found {value}"
+                            ),
+                        )
+                    })?;
+                    if key == "log_max_size" {
+                        config.log_rotation.max_bytes = bytes;
+                    } else {
+                        config.scripts_log_rotation.max_bytes = bytes;
+                    }
+                }
+                "log_max_files" => {
+                    config.log_rotation.keep = u32::try_from(integer(0)?.min(1000)).unwrap_or(1000)
+                }
+                "scripts_log_max_files" => {
+                    config.scripts_log_rotation.keep =
+                        u32::try_from(integer(0)?.min(1000)).unwrap_or(1000)
+                }
+                "log_to_journal" => config.log_to_journal = !matches!(value, RawValue::Bool(false)),
+                "hook_output_to_journal" => config.hook_output_to_journal = boolean()?,
                 "health_endpoint" => {
                     config.health_endpoint = match text() {
                         None => None,
@@ -494,6 +573,37 @@ mod tests {
             parse(":root_dir: /a\n:children: 1\n:some_future_key: x\n:plugins: [codedeploy]\n")
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn log_rotation_keys() {
+        let c = parse(":root_dir: /a\n").expect("valid");
+        assert_eq!(c.log_rotation, DEFAULT_LOG_ROTATION);
+        assert_eq!(c.scripts_log_rotation, DEFAULT_SCRIPTS_LOG_ROTATION);
+        assert!(c.log_to_journal && !c.hook_output_to_journal);
+        let c = parse(
+            ":root_dir: /a\n:log_max_size: 2MiB\n:log_max_files: 3\nscripts_log_max_size: 65536\nscripts_log_max_files: 0\n:hook_output_to_journal: true\nlog_to_journal: false\n",
+        )
+        .expect("valid");
+        assert_eq!(c.log_rotation.max_bytes, 2 << 20);
+        assert_eq!(c.log_rotation.keep, 3);
+        assert_eq!(c.scripts_log_rotation.max_bytes, 65536);
+        assert_eq!(c.scripts_log_rotation.keep, 0);
+        assert!(c.hook_output_to_journal && !c.log_to_journal);
+        assert_eq!(
+            parse(":root_dir: /a\n:log_max_size: 10 KB\n")
+                .expect("ok")
+                .log_rotation
+                .max_bytes,
+            10240
+        );
+        for bad in ["12", "lots", "-1", "5 parsecs"] {
+            let err = parse(&format!(":root_dir: /a\n:log_max_size: {bad}\n")).expect_err(bad);
+            assert!(
+                err.to_string().contains("log_max_size: expected a size"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

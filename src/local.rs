@@ -472,13 +472,16 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(Config, Option<String>), 
 
 /// Sends the agent's own log lines to `<log_dir>/codedeploy-local.log` when that is writable.
 fn init_logging(config: &Config) {
-    if let Err(e) = crate::logging::init(
-        &config.log_dir,
-        "codedeploy-local.log",
-        &config.program_name,
-        config.verbose,
-        false,
-    ) {
+    if let Err(e) = crate::logging::init_with(&crate::logging::LogOptions {
+        log_dir: &config.log_dir,
+        file_name: "codedeploy-local.log",
+        program: &config.program_name,
+        verbose: config.verbose,
+        console: None,
+        rotation: config.log_rotation,
+        journal: false,
+        hook_output_to_journal: false,
+    }) {
         eprintln!("warning: {e}; continuing without a log file");
     }
 }
@@ -543,7 +546,8 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let fail = |message: &str| {
-        println!("ERROR: {message}");
+        // A location may be a presigned URL: its signature and credentials are not printed.
+        println!("ERROR: {}", crate::logging::redact(message));
         ExitCode::from(1)
     };
     let cwd = match std::env::current_dir() {

@@ -19,5 +19,6 @@ fn main() -> ExitCode {
         Command::Plan(args) => codedeploy_agent::preview::run(&args),
         Command::Run(args) => codedeploy_agent::daemon::start::run(&args),
         Command::Status(args) => codedeploy_agent::daemon::status::command(&args),
+        Command::PrepareImage(args) => codedeploy_agent::prepare::command(&args),
     }
 }

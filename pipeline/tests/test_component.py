@@ -33,12 +33,17 @@ ACTIONS = {"ExecuteBash", "S3Download", "DeleteFile", "CreateFile", "Reboot", "E
 STEP_KEYS = {"name", "action", "inputs", "timeoutSeconds", "onFailure", "maxAttempts", "if", "loop"}
 PLACEHOLDER = re.compile(r"\{\{\s*([^}]+?)\s*\}\}")
 
+# With prepare-image: `prepare-image --help` succeeds and a real call records its arguments.
+PREPARE_CASE = """  prepare-image)
+    [ "$2" = --help ] && exit 0
+    echo "$@" > "$(dirname "$0")/../prepare-image-ran" ;;
+"""
+
 STUB_BINARY = """#!/bin/sh
 case "$1" in
   --version) echo "codedeploy-agent {version}" ;;
   --help) printf 'Usage: codedeploy-agent <COMMAND>\\n\\nCommands:\\n  validate\\n  local\\n  run\\n{extra}' ;;
-  prepare-image) echo prepared > "$(dirname "$0")/../prepare-image-ran" ;;
-  *) exit 2 ;;
+{prepare_case}  *) exit 2 ;;
 esac
 """
 
@@ -91,7 +96,11 @@ def make_artifact(directory, version, arch, with_prepare_image):
     files = {
         f"{top}/install.sh": (INSTALL_SH, 0o755),
         f"{top}/bin/codedeploy-agent": (
-            STUB_BINARY.format(version=version, extra="  prepare-image\\n" if with_prepare_image else ""),
+            STUB_BINARY.format(
+                version=version,
+                extra="  prepare-image\\n" if with_prepare_image else "",
+                prepare_case=PREPARE_CASE if with_prepare_image else "",
+            ),
             0o755,
         ),
         f"{top}/conf/codedeployagent.yml": (":log_dir: '/var/log/aws/codedeploy-agent/'\n", 0o644),
@@ -245,9 +254,24 @@ class BuildPhase(unittest.TestCase):
     def test_prepare_image_is_used_when_the_agent_lists_it(self):
         root, _, results = self.run_build(with_prepare_image=True)
         self.assertTrue(all(p.returncode == 0 for _, p in results), [p.stderr for _, p in results])
-        self.assertTrue((root / "opt/codedeploy-agent/prepare-image-ran").is_file())
+        ran = (root / "opt/codedeploy-agent/prepare-image-ran").read_text().split()
+        self.assertEqual(ran, ["prepare-image", "--config", str(root / "etc/codedeploy-agent/conf/codedeployagent.yml")])
         # prepare-image owns the clean-up then; the stub does not clean, so leftovers remain.
         self.assertTrue((root / "var/log/aws/codedeploy-agent/codedeploy-agent.log").exists())
+
+    def test_a_failing_prepare_image_aborts_the_build(self):
+        # prepare-image refuses (agent running, command in flight): the image must not be taken.
+        global PREPARE_CASE
+        saved = PREPARE_CASE
+        PREPARE_CASE = saved.replace('echo "$@" >', 'echo "refused" >&2; exit 1; echo >')
+        try:
+            _, _, results = self.run_build(with_prepare_image=True)
+        finally:
+            PREPARE_CASE = saved
+        name, proc = results[-1]
+        self.assertEqual(name, "PrepareImage")
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("refused", proc.stderr)
 
     def test_checksum_mismatch_aborts_before_installing(self):
         root, _, results = self.run_build(sha="0" * 64)

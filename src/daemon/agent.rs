@@ -88,7 +88,9 @@ impl Engine {
         work: impl FnOnce(&Engine) -> Result<T, CommandFailure> + Send + 'static,
     ) -> Result<T, CommandFailure> {
         let engine = Arc::clone(self);
-        match tokio::task::spawn_blocking(move || work(&engine)).await {
+        // The command's span (host command, deployment) follows the work onto its thread.
+        let span = tracing::Span::current();
+        match tokio::task::spawn_blocking(move || span.in_scope(|| work(&engine))).await {
             Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, what, "the deployment engine panicked");
@@ -561,7 +563,7 @@ impl<C: HostCommands + 'static> Agent<C> {
     }
 
     /// One command, from its specification to its final report (§1.9 step 4).
-    #[tracing::instrument(skip_all, fields(host_command_id = %command.host_command_identifier, command = command.command_name.as_deref().unwrap_or_default()))]
+    #[tracing::instrument(skip_all, fields(host_command_id = %command.host_command_identifier, command = command.command_name.as_deref().unwrap_or_default(), deployment_id = tracing::field::Empty))]
     async fn process(self: &Arc<Self>, command: HostCommand, stop: &watch::Receiver<Shutdown>) {
         let id = command.host_command_identifier.clone();
         let name = command.command_name.clone().unwrap_or_default();
@@ -597,6 +599,7 @@ impl<C: HostCommands + 'static> Agent<C> {
                 return;
             }
         };
+        tracing::Span::current().record("deployment_id", spec.deployment_id.as_str());
         self.observed
             .deployment(&id, &spec.deployment_id, &spec.deployment_group_id);
         let lock = self.group_lock(&spec.deployment_group_id);

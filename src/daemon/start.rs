@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Also log to stderr (systemd's journal picks it up).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub log_to_stderr: bool,
+    /// The format of what is logged to stderr: the agent log's text lines, or one JSON object
+    /// per line.
+    #[arg(long, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 pub fn config_path(explicit: Option<&Path>) -> PathBuf {
@@ -111,13 +115,16 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
     };
     let log_file = format!("{}.log", config.program_name);
-    if let Err(e) = crate::logging::init(
-        &config.log_dir,
-        &log_file,
-        &config.program_name,
-        config.verbose,
-        args.log_to_stderr,
-    ) {
+    if let Err(e) = crate::logging::init_with(&crate::logging::LogOptions {
+        log_dir: &config.log_dir,
+        file_name: &log_file,
+        program: &config.program_name,
+        verbose: config.verbose,
+        console: args.log_to_stderr.then_some(args.log_format),
+        rotation: config.log_rotation,
+        journal: config.log_to_journal,
+        hook_output_to_journal: config.hook_output_to_journal,
+    }) {
         eprintln!("{e}");
         return ExitCode::from(1);
     }

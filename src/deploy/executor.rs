@@ -136,6 +136,7 @@ impl EngineSettings {
                     .enable_deployments_log
                     .then(|| root.deployments_log()),
                 running: None,
+                log_rotation: config.scripts_log_rotation,
             },
             os: Os::Linux,
         }

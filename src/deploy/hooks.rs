@@ -156,6 +156,9 @@ pub struct HookOptions {
     /// Where running scripts register their process groups, so the daemon can stop them when
     /// a shutdown is escalated.
     pub running: Option<std::sync::Arc<RunningHooks>>,
+    /// scripts.log and deployments-log rotation; `max_bytes` is also the most of each
+    /// script's captured output kept on disk (older output is punched out of the file).
+    pub log_rotation: crate::logging::Rotation,
 }
 
 /// The process groups of hook scripts running right now.
@@ -212,6 +215,7 @@ impl Default for HookOptions {
             wait_for_inherited_output: false,
             deployments_log: None,
             running: None,
+            log_rotation: crate::config::DEFAULT_SCRIPTS_LOG_ROTATION,
         }
     }
 }
@@ -288,6 +292,7 @@ pub fn run_event(run: &EventRun<'_>) -> Result<EventReport, HookError> {
         run.deployment_dir,
         run.options.deployments_log.as_deref(),
         &run.env.deployment_id,
+        run.options.log_rotation,
     )?;
     log.entry(format!("LifecycleEvent - {}\n", run.event));
     let archive_dir =
@@ -444,8 +449,8 @@ fn run_script(
             Capture::Pipes
         } else {
             Capture::Files {
-                stdout: open_output(&files.0)?,
-                stderr: open_output(&files.1)?,
+                stdout: open_output(&files.0, run.options.log_rotation.max_bytes)?,
+                stderr: open_output(&files.1, run.options.log_rotation.max_bytes)?,
             }
         };
         match supervise::run(
@@ -723,8 +728,9 @@ fn file_name_safe(s: &str) -> String {
         .collect()
 }
 
-/// Opens (appending) one output file: a write handle for the script and a read handle for us.
-fn open_output(path: &Path) -> Result<OutputFile, HookError> {
+/// Opens (appending) one output file: a write handle for the script and a read handle for us
+/// (writable too, so old output can be punched out of it to keep it under `keep` bytes).
+fn open_output(path: &Path, keep: u64) -> Result<OutputFile, HookError> {
     let io_err = |action, source| HookError::Io {
         action,
         path: path.to_owned(),
@@ -742,11 +748,16 @@ fn open_output(path: &Path) -> Result<OutputFile, HookError> {
         .metadata()
         .map_err(|e| io_err("stat the hook output file", e))?
         .len();
-    let reader = fs::File::open(path).map_err(|e| io_err("open the hook output file", e))?;
+    let reader = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err("open the hook output file", e))?;
     Ok(OutputFile {
         writer,
         reader,
         start,
+        keep,
     })
 }
 

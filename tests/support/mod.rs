@@ -171,3 +171,4 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 pub mod fake_imds;
+pub mod journal;

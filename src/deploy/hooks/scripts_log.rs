@@ -3,13 +3,14 @@
 //! that turn a script's output into entries: line splitting with a cap, ANSI stripping.
 
 use std::borrow::Cow;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::HookError;
 use super::tail::Tail;
+use crate::logging::{RotatingFile, Rotation};
 
 /// The longest output line written as one entry. Longer lines are split into pieces of this
 /// size, each ending with a newline, so memory stays bounded whatever the script prints.
@@ -181,9 +182,9 @@ fn ruby_strip(s: &str) -> &str {
 /// One event's log sinks. Write failures do not interrupt a running script: the first one is
 /// kept and reported once the script has finished.
 pub(crate) struct EventLog {
-    scripts_log: File,
+    scripts_log: RotatingFile,
     scripts_log_path: PathBuf,
-    deployments_log: Option<(File, PathBuf)>,
+    deployments_log: Option<(RotatingFile, PathBuf)>,
     deployment_id: String,
     tail: Tail,
     write_error: Option<HookError>,
@@ -191,12 +192,13 @@ pub(crate) struct EventLog {
 
 impl EventLog {
     /// Opens `<deployment_dir>/logs/scripts.log` for appending (creating it and its parents)
-    /// and, if given, the deployments log. A deployments log that cannot be opened is only
-    /// warned about: it is a secondary copy.
+    /// and, if given, the deployments log, both rotated by size as `rotation` says. A
+    /// deployments log that cannot be opened is only warned about: it is a secondary copy.
     pub(crate) fn open(
         deployment_dir: &Path,
         deployments_log: Option<&Path>,
         deployment_id: &str,
+        rotation: Rotation,
     ) -> Result<Self, HookError> {
         let logs = deployment_dir.join("logs");
         fs::create_dir_all(&logs).map_err(|source| HookError::Io {
@@ -205,12 +207,13 @@ impl EventLog {
             source,
         })?;
         let scripts_log_path = logs.join("scripts.log");
-        let scripts_log = open_append(&scripts_log_path).map_err(|source| HookError::Io {
-            action: "open",
-            path: scripts_log_path.clone(),
-            source,
-        })?;
-        let deployments_log = deployments_log.and_then(|path| match open_append(path) {
+        let scripts_log =
+            RotatingFile::open(&scripts_log_path, rotation).map_err(|source| HookError::Io {
+                action: "open",
+                path: scripts_log_path.clone(),
+                source,
+            })?;
+        let deployments_log = deployments_log.and_then(|path| match open_rotating(path, rotation) {
             Ok(file) => Some((file, path.to_owned())),
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "cannot open the deployments log; hook output goes to scripts.log only");
@@ -233,8 +236,7 @@ impl EventLog {
         let (stamp, millis) = local_timestamp();
         let result = self
             .scripts_log
-            .write_all(format!("{stamp} {entry}").as_bytes())
-            .and_then(|()| self.scripts_log.flush());
+            .write_record(format!("{stamp} {entry}").as_bytes());
         if let Err(source) = result {
             self.note_error("write to", self.scripts_log_path.clone(), source);
         }
@@ -244,7 +246,7 @@ impl EventLog {
                 self.deployment_id,
                 ruby_strip(&entry)
             );
-            if let Err(source) = file.write_all(line.as_bytes()) {
+            if let Err(source) = file.write_record(line.as_bytes()) {
                 let path = path.clone();
                 self.note_error("write to", path, source);
             }
@@ -261,7 +263,9 @@ impl EventLog {
         let text = strip_ansi(bytes);
         let mut entry = String::with_capacity(text.len() + 9);
         entry.push_str(stream.prefix());
-        entry.push_str(&String::from_utf8_lossy(&text));
+        let text = String::from_utf8_lossy(&text);
+        crate::logging::hook_output(stream.name(), &text);
+        entry.push_str(&text);
         if newline {
             entry.push('\n');
         }
@@ -290,11 +294,11 @@ impl EventLog {
     }
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
+fn open_rotating(path: &Path, rotation: Rotation) -> io::Result<RotatingFile> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    RotatingFile::open(path, rotation)
 }
 
 #[cfg(test)]

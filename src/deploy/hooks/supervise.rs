@@ -32,6 +32,9 @@ pub(crate) struct OutputFile {
     pub(crate) writer: File,
     pub(crate) reader: File,
     pub(crate) start: u64,
+    /// Keep at most about this many bytes of the file on disk (0: no cap): older output is
+    /// punched out (the file keeps its length; the punched range reads as zeros).
+    pub(crate) keep: u64,
 }
 
 /// How the script's output is captured.
@@ -75,8 +78,8 @@ pub(crate) fn run(
             cmd.stdout(Stdio::from(stdout.writer))
                 .stderr(Stdio::from(stderr.writer));
             Readers::Files([
-                FileTail::new(stdout.reader, stdout.start, Stream::Stdout),
-                FileTail::new(stderr.reader, stderr.start, Stream::Stderr),
+                FileTail::new(stdout.reader, stdout.start, stdout.keep, Stream::Stdout),
+                FileTail::new(stderr.reader, stderr.start, stderr.keep, Stream::Stderr),
             ])
         }
         Capture::Pipes => {
@@ -341,16 +344,77 @@ struct FileTail {
     stream: Stream,
     splitter: LineSplitter,
     failed: bool,
+    /// The disk cap (0: none) and how far the file has been punched out.
+    keep: u64,
+    punched: u64,
 }
 
+/// Holes are punched in whole pages.
+const PAGE: u64 = 4096;
+
 impl FileTail {
-    fn new(file: File, start: u64, stream: Stream) -> Self {
+    fn new(file: File, start: u64, keep: u64, stream: Stream) -> Self {
         Self {
             file,
             pos: start,
             stream,
             splitter: LineSplitter::default(),
             failed: false,
+            keep,
+            punched: 0,
+        }
+    }
+
+    /// Keeps the file's disk use near `keep` bytes however fast the script writes: once more
+    /// than a quarter over the cap, everything before the last `keep` bytes is punched out
+    /// (`FALLOC_FL_PUNCH_HOLE`). Output punched before it was read is skipped in scripts.log
+    /// with a note saying how much.
+    fn bound(&mut self, log: &mut EventLog) {
+        if self.keep == 0 {
+            return;
+        }
+        let Ok(end) = self.file.metadata().map(|m| m.len()) else {
+            return;
+        };
+        if end <= self.punched + self.keep + self.keep / 4 {
+            return;
+        }
+        let upto = (end - self.keep) / PAGE * PAGE;
+        if upto <= self.punched {
+            return;
+        }
+        let (Ok(offset), Ok(len)) = (
+            libc::off_t::try_from(self.punched),
+            libc::off_t::try_from(upto - self.punched),
+        ) else {
+            return;
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: fallocate on a descriptor we own; no memory is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        if rc != 0 {
+            let error = io::Error::last_os_error();
+            tracing::warn!(%error, stream = self.stream.name(), "cannot punch old hook output out of its file; its size is not capped");
+            self.keep = 0;
+            return;
+        }
+        self.punched = upto;
+        if self.pos < upto {
+            let stream = self.stream;
+            self.splitter.finish(&mut |piece| log.output(stream, piece));
+            log.entry(format!(
+                "[{}]... {} bytes of output not kept (over scripts_log_max_size) ...\n",
+                stream.name().to_ascii_lowercase(),
+                upto - self.pos
+            ));
+            self.pos = upto;
         }
     }
 
@@ -361,6 +425,7 @@ impl FileTail {
         if self.failed {
             return false;
         }
+        self.bound(log);
         let want = match end {
             Some(end) => usize::try_from(end.saturating_sub(self.pos))
                 .unwrap_or(usize::MAX)
