@@ -27,6 +27,8 @@ pub enum Command {
     Run(crate::daemon::start::RunArgs),
     /// Is the daemon running, is it healthy, what is it doing (LSB exit codes).
     Status(crate::daemon::status::StatusArgs),
+    /// Push a revision to S3, create a CodeDeploy deployment and follow it until it ends.
+    Deploy(crate::push::DeployArgs),
 }
 
 #[derive(Debug, clap::Args)]

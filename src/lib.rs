@@ -12,6 +12,7 @@ pub mod deploy;
 pub mod local;
 pub mod logging;
 pub mod preview;
+pub mod push;
 pub mod revision;
 pub mod spec;
 pub mod validate;

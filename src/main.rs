@@ -19,5 +19,6 @@ fn main() -> ExitCode {
         Command::Plan(args) => codedeploy_agent::preview::run(&args),
         Command::Run(args) => codedeploy_agent::daemon::start::run(&args),
         Command::Status(args) => codedeploy_agent::daemon::status::command(&args),
+        Command::Deploy(args) => codedeploy_agent::push::run(&args),
     }
 }
