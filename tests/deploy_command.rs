@@ -81,6 +81,29 @@ fn codedeploy_client(moto: &Moto) -> aws_sdk_codedeploy::Client {
     )
 }
 
+/// An S3 client for moto, to look at what was uploaded.
+fn s3_client(moto: &Moto) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(moto::REGION))
+            .credentials_provider(moto::credentials())
+            .endpoint_url(moto.url())
+            .force_path_style(true)
+            .http_client(codedeploy_agent::revision::s3::http_client(None).expect("client"))
+            .build(),
+    )
+}
+
+/// The server-side encryption S3 recorded for an object.
+fn encryption(moto: &Moto, bucket: &str, key: &str) -> Option<String> {
+    moto.handle()
+        .block_on(s3_client(moto).head_object().bucket(bucket).key(key).send())
+        .expect("head object")
+        .server_side_encryption()
+        .map(|e| e.as_str().to_owned())
+}
+
 fn moto_application(moto: &Moto, client: &aws_sdk_codedeploy::Client) {
     moto.handle()
         .block_on(client.create_application().application_name("app").send())
@@ -135,8 +158,9 @@ fn bundles_uploads_and_creates_the_deployment_moto_records() {
     let client = codedeploy_client(&moto);
     moto_application(&moto, &client);
 
-    for (kind, bundle_type) in [("tgz", "tgz"), ("zip", "zip")] {
+    for (kind, bundle_type, sse) in [("tgz", "tgz", Some("aws:kms")), ("zip", "zip", None)] {
         let key = format!("app/release-42.{kind}");
+        let sse_args: Vec<&str> = sse.map_or(vec![], |sse| vec!["--sse", sse]);
         let out = run(deploy_command(
             dir.path(),
             &moto.url(),
@@ -157,8 +181,10 @@ fn bundles_uploads_and_creates_the_deployment_moto_records() {
                 "--no-register",
                 "--no-follow",
             ],
-        ));
+        )
+        .args(&sse_args));
         assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(encryption(&moto, "releases", &key).as_deref(), sse);
         assert!(
             out.stdout
                 .contains(&format!("Bundled {}", source.display())),
@@ -246,11 +272,17 @@ fn large_bundle_goes_up_in_parts_with_its_version_recorded() {
             &part,
             "--part-size",
             &part,
+            "--sse",
+            "AES256",
             "--no-register",
             "--no-follow",
         ],
     ));
     assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        encryption(&moto, "releases", "app/big.tar").as_deref(),
+        Some("AES256")
+    );
     let id = out.stdout.lines().last().expect("a line").to_owned();
     let info = moto
         .handle()

@@ -56,8 +56,8 @@ pub struct DeployArgs {
     /// (validated, uploaded as is).
     #[arg(long, value_name = "PATH", default_value = ".")]
     pub source: PathBuf,
-    /// How to pack a directory (tgz, tar or zip). For an archive: its type, if the file name
-    /// does not say (.zip, .tar, .tgz, .tar.gz).
+    /// How to pack a directory (tgz, tar or zip; default tgz). An archive's type is read from
+    /// its contents; if given, this must match it.
     #[arg(long, value_enum)]
     pub bundle_type: Option<BundleKind>,
     /// Description of the revision and the deployment.
@@ -73,6 +73,13 @@ pub struct DeployArgs {
     /// The operating system the appspec targets (for validation).
     #[arg(long, value_enum, default_value_t = TargetOs::Linux)]
     pub os: TargetOs,
+    /// Server-side encryption of the uploaded object: AES256 or aws:kms (bucket policies such
+    /// as the pipeline's artifact bucket require aws:kms).
+    #[arg(long, value_name = "ALGORITHM", value_parser = ["AES256", "aws:kms"])]
+    pub sse: Option<String>,
+    /// The KMS key for `--sse aws:kms` (default: the bucket's default key, else aws/s3).
+    #[arg(long, value_name = "KEY_ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
     /// Do not call RegisterApplicationRevision (CreateDeployment still records the revision
     /// in the deployment); for principals without that permission.
     #[arg(long)]
@@ -80,7 +87,8 @@ pub struct DeployArgs {
     /// Print the deployment id and exit once the deployment is created.
     #[arg(long)]
     pub no_follow: bool,
-    /// On Ctrl-C, stop the deployment (StopDeployment) and follow it until it has stopped.
+    /// On Ctrl-C, stop the deployment (StopDeployment, no rollback requested) and follow it
+    /// until it has stopped.
     /// Without this, Ctrl-C only stops following.
     #[arg(long)]
     pub stop_on_interrupt: bool,
@@ -229,7 +237,8 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
             args.poll_interval
         )));
     }
-    let tuning = upload::Tuning::new(args.multipart_threshold, args.part_size)?;
+    let tuning = upload::Tuning::new(args.multipart_threshold, args.part_size)?
+        .with_encryption(args.sse.as_deref(), args.sse_kms_key_id.as_deref());
 
     // Everything local first: a bad bundle fails before any AWS call.
     let source = args.source.clone();

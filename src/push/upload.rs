@@ -7,7 +7,9 @@ use std::path::Path;
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::{ByteStream, Length};
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
+};
 use tokio::task::JoinSet;
 
 use super::{PushError, S3Target};
@@ -22,11 +24,13 @@ pub const CONCURRENT_PARTS: usize = 4;
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const MAX_PARTS: u64 = 10_000;
 
-/// When to use multipart and how big the parts are.
-#[derive(Debug, Clone, Copy)]
+/// When to use multipart, how big the parts are, and the server-side encryption to ask for.
+#[derive(Debug, Clone)]
 pub struct Tuning {
     threshold: u64,
     part_size: u64,
+    sse: Option<ServerSideEncryption>,
+    sse_kms_key_id: Option<String>,
 }
 
 impl Tuning {
@@ -39,7 +43,16 @@ impl Tuning {
         Ok(Self {
             threshold,
             part_size,
+            sse: None,
+            sse_kms_key_id: None,
         })
+    }
+
+    /// `x-amz-server-side-encryption` (`AES256`, `aws:kms`) and its KMS key id.
+    pub fn with_encryption(mut self, sse: Option<&str>, kms_key_id: Option<&str>) -> Self {
+        self.sse = sse.map(ServerSideEncryption::from);
+        self.sse_kms_key_id = kms_key_id.map(str::to_owned);
+        self
     }
 
     /// The part size for a file of `size` bytes.
@@ -77,6 +90,8 @@ pub async fn put(
             .put_object()
             .bucket(&target.bucket)
             .key(&target.key)
+            .set_server_side_encryption(tuning.sse.clone())
+            .set_ssekms_key_id(tuning.sse_kms_key_id.clone())
             .body(body)
             .send()
             .await
@@ -92,6 +107,8 @@ pub async fn put(
         .bucket(&target.bucket)
         .key(&target.key)
         .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .set_server_side_encryption(tuning.sse.clone())
+        .set_ssekms_key_id(tuning.sse_kms_key_id.clone())
         .send()
         .await
         .map_err(|e| upload_error(&where_, &DisplayErrorContext(&e).to_string()))?;
