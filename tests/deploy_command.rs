@@ -233,6 +233,50 @@ fn bundles_uploads_and_creates_the_deployment_moto_records() {
 }
 
 #[test]
+fn registration_failure_at_moto_is_an_error_not_skipped() {
+    // moto 5.2.1 does not implement RegisterApplicationRevision: without --no-register that
+    // is a failed call (exit 3), and no deployment is created.
+    let Some(moto) = Moto::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = bundle(dir.path(), &[]);
+    moto.create_bucket("releases");
+    let client = codedeploy_client(&moto);
+    moto_application(&moto, &client);
+    let out = run(deploy_command(
+        dir.path(),
+        &moto.url(),
+        &moto.url(),
+        &[
+            "--application-name",
+            "app",
+            "--deployment-group-name",
+            "qat",
+            "--s3-location",
+            "s3://releases/app/r.tgz",
+            "--source",
+            source.to_str().expect("utf8"),
+        ],
+    ));
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("RegisterApplicationRevision for application app failed"),
+        "{out:?}"
+    );
+    let deployments = moto
+        .handle()
+        .block_on(
+            client
+                .list_deployments()
+                .application_name("app")
+                .deployment_group_name("qat")
+                .send(),
+        )
+        .expect("list deployments");
+    assert!(deployments.deployments().is_empty(), "{deployments:?}");
+}
+
+#[test]
 fn large_bundle_goes_up_in_parts_with_its_version_recorded() {
     let Some(moto) = Moto::start() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
