@@ -7,11 +7,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_codedeploy::error::DisplayErrorContext;
 use aws_sdk_codedeploy::types::{DeploymentTarget, LifecycleEvent};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{EXIT_DEPLOYMENT_FAILED, EXIT_INTERRUPTED, EXIT_SUCCEEDED, PushError};
+use super::{EXIT_DEPLOYMENT_FAILED, EXIT_INTERRUPTED, EXIT_SUCCEEDED, PushError, describe};
 
 /// BatchGetDeploymentTargets takes at most this many ids.
 const BATCH: usize = 25;
@@ -220,7 +219,7 @@ pub async fn run(
                         .send()
                         .await
                         .map_err(|e| PushError::Aws(format!(
-                            "StopDeployment for {id} failed: {}", DisplayErrorContext(&e)
+                            "StopDeployment for {id} failed: {}", describe(&e)
                         )))?;
                     println!(
                         "Interrupted: stopping deployment {id}, following until it stops \
@@ -246,7 +245,7 @@ async fn poll(client: &aws_sdk_codedeploy::Client, id: &str) -> Result<Snapshot,
         .deployment_id(id)
         .send()
         .await
-        .map_err(|e| format!("GetDeployment {id}: {}", DisplayErrorContext(&e)))?;
+        .map_err(|e| format!("GetDeployment {id}: {}", describe(&e)))?;
     let info = out
         .deployment_info()
         .ok_or_else(|| format!("GetDeployment {id} returned no deploymentInfo"))?;
@@ -283,7 +282,7 @@ async fn poll(client: &aws_sdk_codedeploy::Client, id: &str) -> Result<Snapshot,
             .set_next_token(token)
             .send()
             .await
-            .map_err(|e| format!("ListDeploymentTargets {id}: {}", DisplayErrorContext(&e)))?;
+            .map_err(|e| format!("ListDeploymentTargets {id}: {}", describe(&e)))?;
         ids.extend(page.target_ids().iter().cloned());
         token = page
             .next_token()
@@ -300,12 +299,7 @@ async fn poll(client: &aws_sdk_codedeploy::Client, id: &str) -> Result<Snapshot,
             .set_target_ids(Some(chunk.to_vec()))
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "BatchGetDeploymentTargets {id}: {}",
-                    DisplayErrorContext(&e)
-                )
-            })?;
+            .map_err(|e| format!("BatchGetDeploymentTargets {id}: {}", describe(&e)))?;
         snapshot
             .targets
             .extend(out.deployment_targets().iter().filter_map(target));

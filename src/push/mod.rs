@@ -22,10 +22,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
-use aws_sdk_codedeploy::error::DisplayErrorContext;
 use aws_sdk_codedeploy::types::{
     BundleType, FileExistsBehavior, RevisionLocation, RevisionLocationType, S3Location,
 };
+
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::cli::TargetOs;
 
@@ -291,7 +294,7 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
                      application name and region, and that you may call \
                      codedeploy:RegisterApplicationRevision (or pass --no-register)",
                     args.application_name,
-                    DisplayErrorContext(&e)
+                    describe(&e)
                 ))
             })?;
         println!(
@@ -315,7 +318,7 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
                 "CreateDeployment for application {}, deployment group {} failed: {}",
                 args.application_name,
                 args.deployment_group_name,
-                DisplayErrorContext(&e)
+                describe(&e)
             ))
         })?;
     let id = created
@@ -374,6 +377,27 @@ async fn clients(
         aws_sdk_codedeploy::Client::new(&sdk),
         aws_sdk_s3::Client::from_conf(s3.build()),
     ))
+}
+
+/// An SDK error in one line: `Code: message` for a service error, else the chain of causes
+/// with the HTTP status when there was a response.
+pub(crate) fn describe<E>(e: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if let SdkError::ServiceError(service) = e
+        && let Some(code) = service.err().code()
+    {
+        return match service.err().message() {
+            Some(message) => format!("{code}: {message}"),
+            None => code.to_owned(),
+        };
+    }
+    let mut text = crate::revision::s3::error_chain(e);
+    if let Some(response) = e.raw_response() {
+        text.push_str(&format!(" (HTTP {})", response.status().as_u16()));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -5,14 +5,13 @@
 
 use std::path::Path;
 
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
 };
 use tokio::task::JoinSet;
 
-use super::{PushError, S3Target};
+use super::{PushError, S3Target, describe};
 
 /// Bundles at least this large go up in parts.
 pub const DEFAULT_THRESHOLD: u64 = 64 * 1024 * 1024;
@@ -95,7 +94,7 @@ pub async fn put(
             .body(body)
             .send()
             .await
-            .map_err(|e| upload_error(&where_, &DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| upload_error(&where_, &describe(&e)))?;
         return Ok(Uploaded {
             etag: bare(out.e_tag()),
             version_id: out.version_id().map(str::to_owned),
@@ -111,7 +110,7 @@ pub async fn put(
         .set_ssekms_key_id(tuning.sse_kms_key_id.clone())
         .send()
         .await
-        .map_err(|e| upload_error(&where_, &DisplayErrorContext(&e).to_string()))?;
+        .map_err(|e| upload_error(&where_, &describe(&e)))?;
     let upload_id = created
         .upload_id()
         .ok_or_else(|| upload_error(&where_, "CreateMultipartUpload returned no upload id"))?
@@ -147,7 +146,7 @@ pub async fn put(
                 }),
                 Err(e) => {
                     abort(client, target, &upload_id).await;
-                    Err(upload_error(&where_, &DisplayErrorContext(&e).to_string()))
+                    Err(upload_error(&where_, &describe(&e)))
                 }
             }
         }
@@ -196,7 +195,7 @@ async fn put_parts(
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| format!("part {number}: {}", DisplayErrorContext(&e)))?;
+                    .map_err(|e| format!("part {number}: {}", describe(&e)))?;
                 Ok::<_, String>(
                     CompletedPart::builder()
                         .part_number(number)
@@ -236,7 +235,7 @@ async fn abort(client: &aws_sdk_s3::Client, target: &S3Target, upload_id: &str) 
              such parts up",
             target.bucket,
             target.key,
-            DisplayErrorContext(&e)
+            describe(&e)
         );
     }
 }
