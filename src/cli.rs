@@ -29,6 +29,8 @@ pub enum Command {
     Status(crate::daemon::status::StatusArgs),
     /// Remove instance-specific agent state before an image (AMI) is taken.
     PrepareImage(crate::prepare::PrepareArgs),
+    /// Push a revision to S3, create a CodeDeploy deployment and follow it until it ends.
+    Deploy(crate::push::DeployArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -13,6 +13,7 @@ pub mod local;
 pub mod logging;
 pub mod prepare;
 pub mod preview;
+pub mod push;
 pub mod revision;
 pub mod spec;
 pub mod validate;

@@ -20,5 +20,6 @@ fn main() -> ExitCode {
         Command::Run(args) => codedeploy_agent::daemon::start::run(&args),
         Command::Status(args) => codedeploy_agent::daemon::status::command(&args),
         Command::PrepareImage(args) => codedeploy_agent::prepare::command(&args),
+        Command::Deploy(args) => codedeploy_agent::push::run(&args),
     }
 }

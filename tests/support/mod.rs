@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fake_codedeploy;
 pub mod fake_service;
 pub mod moto;
 pub mod signing;
