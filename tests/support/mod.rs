@@ -171,3 +171,5 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 pub mod fake_imds;
+pub mod fake_s3;
+pub mod tmpfs;
