@@ -239,6 +239,10 @@ struct State {
     /// When each command was enqueued, and when its first acknowledgement arrived.
     enqueued_at: HashMap<String, Instant>,
     acked_at: HashMap<String, Instant>,
+    /// When each host's first `PollHostCommand` arrived.
+    first_polls: HashMap<String, Instant>,
+    /// When each request arrived (a held poll is in here before it is answered and recorded).
+    arrivals: Vec<Instant>,
     /// Connections being served right now, and the most there ever were at once.
     open_connections: usize,
     max_open_connections: usize,
@@ -399,6 +403,11 @@ impl FakeService {
             .collect()
     }
 
+    /// When each host's first poll arrived (recorded on arrival, before a long poll ends).
+    pub fn first_polls(&self) -> HashMap<String, Instant> {
+        self.shared.lock().first_polls.clone()
+    }
+
     /// The most connections served at once, and the most `PollHostCommand`s held open at once.
     pub fn concurrency_peaks(&self) -> (usize, usize) {
         let state = self.shared.lock();
@@ -421,9 +430,15 @@ impl FakeService {
         self.shared.lock().records.len()
     }
 
-    /// Arrival times of every request (ascending).
+    /// Arrival times of every request, in order of arrival, including requests still being
+    /// answered (held polls).
     pub fn request_times(&self) -> Vec<Instant> {
-        self.shared.lock().records.iter().map(|r| r.at).collect()
+        self.shared.lock().arrivals.clone()
+    }
+
+    /// How many requests have arrived, including those still being answered.
+    pub fn arrival_count(&self) -> usize {
+        self.shared.lock().arrivals.len()
     }
 
     /// Commands still queued for `host`.
@@ -779,6 +794,7 @@ fn handle(shared: &Shared, request: HttpRequest) -> Answer {
         status: 0,
         error: None,
     };
+    shared.lock().arrivals.push(record.at);
     let answer = answer(shared, &request, &target, &operation, &body);
     if let Answer::Respond { status, body } = &answer {
         record.status = *status;
@@ -883,6 +899,7 @@ fn apply(shared: &Shared, operation: &str, body: &Value) -> Answer {
             };
             let mut state = shared.lock();
             let deadline = Instant::now() + state.long_poll;
+            state.first_polls.entry(host.clone()).or_insert_with(Instant::now);
             let mut held = false;
             loop {
                 let next = state.queues.get_mut(&host).and_then(VecDeque::pop_front);
