@@ -43,7 +43,11 @@ pub fn test_pause_point(point: &str) {
     if t.point != point || t.calls.fetch_add(1, Ordering::SeqCst) + 1 != t.nth {
         return;
     }
-    tracing::warn!(point, nth = t.nth, "test pause point reached; sleeping until killed");
+    tracing::warn!(
+        point,
+        nth = t.nth,
+        "test pause point reached; sleeping until killed"
+    );
     if let Some(marker) = std::env::var_os("CODEDEPLOY_AGENT_TEST_PAUSE_MARKER") {
         let _ = std::fs::write(marker, point);
     }

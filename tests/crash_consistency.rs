@@ -218,7 +218,11 @@ impl Scenario {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         installed.sort();
-        assert_eq!(installed, ["n00", "n01", "n02", "n03"], "no {old_prefix}* left");
+        assert_eq!(
+            installed,
+            ["n00", "n01", "n02", "n03"],
+            "no {old_prefix}* left"
+        );
         let cleanup = fs::read_to_string(self.s.root().join("deployment-instructions/dg-cleanup"))
             .expect("cleanup file");
         let app = self.s.dest().join("app");
@@ -227,7 +231,10 @@ impl Scenario {
         let mut recorded: Vec<String> = cleanup.lines().map(str::to_owned).collect();
         recorded.sort();
         expected.sort();
-        assert_eq!(recorded, expected, "the cleanup file lists exactly the install");
+        assert_eq!(
+            recorded, expected,
+            "the cleanup file lists exactly the install"
+        );
         // The agent removes the tracking files once it has heard the service accept.
         self.assert_recovered();
         assert!(runs(&self.s).contains(&"ApplicationStart d-2".to_owned()));
@@ -288,8 +295,10 @@ fn kill_after_the_ack_was_accepted() {
     // runs once and is reported once.
     std::thread::sleep(Duration::from_secs(2));
     assert!(completes_for(&sc.fake, &cut).is_empty());
-    sc.fake
-        .enqueue(HOST, command(&cut, "DownloadBundle", HOST, "d1/exec/cut/DownloadBundle"));
+    sc.fake.enqueue(
+        HOST,
+        command(&cut, "DownloadBundle", HOST, "d1/exec/cut/DownloadBundle"),
+    );
     wait_for("the redelivered command's report", T, || {
         !completes_for(&sc.fake, &cut).is_empty()
     });

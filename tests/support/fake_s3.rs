@@ -278,7 +278,9 @@ fn head(status: u16, extra: &str, len: usize) -> String {
 }
 
 fn error(code: &str) -> String {
-    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{code}</Message></Error>")
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{code}</Message></Error>"
+    )
 }
 
 fn serve(stream: TcpStream, shared: &Arc<Shared>) {
@@ -333,10 +335,7 @@ fn serve(stream: TcpStream, shared: &Arc<Shared>) {
                     .write_all(format!("{}{body}", head(412, "", body.len())).as_bytes())
                     .is_ok()
             } else {
-                let range = record
-                    .range
-                    .as_deref()
-                    .map(|r| parse_range(r, data.len()));
+                let range = record.range.as_deref().map(|r| parse_range(r, data.len()));
                 let (status, start, end, extra) = match range {
                     None => (
                         200,

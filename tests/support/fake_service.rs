@@ -422,7 +422,11 @@ impl FakeService {
     /// Accepted completes from index `from` on.
     pub fn completes_since(&self, from: usize) -> Vec<Complete> {
         let state = self.shared.lock();
-        state.completes.get(from..).map(<[Complete]>::to_vec).unwrap_or_default()
+        state
+            .completes
+            .get(from..)
+            .map(<[Complete]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// How many requests arrived, in all.
@@ -607,17 +611,20 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
         state.open_connections += 1;
         state.max_open_connections = state.max_open_connections.max(state.open_connections);
-        // Finished connections' clones would pile up with hundreds of reconnecting clients.
-        state
-            .streams
-            .retain(|s| s.peer_addr().is_ok());
+        let peer = stream.peer_addr().ok();
         let conn_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("fake-service-conn".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 serve_connection(stream, &conn_shared);
-                conn_shared.lock().open_connections -= 1;
+                let mut state = conn_shared.lock();
+                state.open_connections -= 1;
+                // Its clone (kept for shutting down on drop) goes too, so a long run with
+                // many reconnecting clients does not pile up open sockets.
+                if peer.is_some() {
+                    state.streams.retain(|s| s.peer_addr().ok() != peer);
+                }
             })
             .expect("spawn connection thread");
         state.threads.push(handle);
@@ -899,7 +906,10 @@ fn apply(shared: &Shared, operation: &str, body: &Value) -> Answer {
             };
             let mut state = shared.lock();
             let deadline = Instant::now() + state.long_poll;
-            state.first_polls.entry(host.clone()).or_insert_with(Instant::now);
+            state
+                .first_polls
+                .entry(host.clone())
+                .or_insert_with(Instant::now);
             let mut held = false;
             loop {
                 let next = state.queues.get_mut(&host).and_then(VecDeque::pop_front);
@@ -955,7 +965,10 @@ fn apply(shared: &Shared, operation: &str, body: &Value) -> Answer {
                 return reject(400, "ClientException", "HostCommandIdentifier is required");
             };
             let mut state = shared.lock();
-            state.acked_at.entry(id.clone()).or_insert_with(Instant::now);
+            state
+                .acked_at
+                .entry(id.clone())
+                .or_insert_with(Instant::now);
             let answered = state
                 .ack_overrides
                 .get(&id)
