@@ -178,12 +178,22 @@ fn a_complete_that_times_out_is_sent_again_and_accepted_later() {
     let c = run_commands(&fake, "l2", &DEPLOY[3..], &spec, T);
     assert_eq!(c[0].command_status, "Succeeded");
     assert_one_report_each(&fake, &["l2-0-ApplicationStart"]);
-    let tries = fake
-        .requests_for("PutHostCommandComplete")
-        .iter()
-        .filter(|r| r.raw_body.contains("l2-0-ApplicationStart"))
-        .count();
-    assert_eq!(tries, 3, "two timed out, the third was accepted");
+    // The timed-out attempts are recorded when the fake gives up on them (after 5 s).
+    let count = |records: &[support::fake_service::Recorded]| {
+        records
+            .iter()
+            .filter(|r| {
+                r.operation == "PutHostCommandComplete"
+                    && r.raw_body.contains("l2-0-ApplicationStart")
+            })
+            .count()
+    };
+    assert!(fake.wait_until(T, |r| count(r) >= 3));
+    assert_eq!(
+        count(&fake.requests()),
+        3,
+        "two timed out, the third was accepted"
+    );
     assert_eq!(fake.acks().len(), 4, "one ack per command");
 
     // The service accepts the complete but the answer never arrives in time: the agent sends
