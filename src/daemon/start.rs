@@ -164,9 +164,7 @@ async fn serve(config: Config) -> Result<(), String> {
     identity::install_crypto_provider();
     tracing::info!(version = crate::VERSION, config = ?config.path, "starting codedeploy-agent");
     let imds = Imds::from_config(&config).map_err(|e| e.to_string())?;
-    let identity = identity::resolve(&config, &imds)
-        .await
-        .map_err(|e| e.to_string())?;
+    let identity = resolve_identity(&config, &imds).await?;
     tracing::info!(host = %identity.host_identifier, region = %identity.region, on_prem = identity.on_prem, "identity");
     let credentials = identity::credentials_provider(&config, &identity, imds.endpoint()).await;
 
@@ -256,6 +254,43 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let _ = fs::remove_file(&status_path);
     Ok(())
+}
+
+/// The host's identity. While the instance metadata service cannot be reached (it can come
+/// up after the agent at boot, or answer 5xx), asks again with growing pauses (2 s doubling to
+/// 60 s) instead of exiting, telling systemd to extend its start timeout meanwhile; any other
+/// identity error (a 404: not on EC2; an invalid document) stops the start.
+async fn resolve_identity(config: &Config, imds: &Imds) -> Result<identity::Identity, String> {
+    let notifier = super::notify::Notifier::from_env();
+    let mut pause = Duration::from_secs(2);
+    loop {
+        match identity::resolve(config, imds).await {
+            Ok(identity) => return Ok(identity),
+            Err(identity::IdentityError::Imds(e)) if imds_unreachable(&e) => {
+                tracing::error!(
+                    "cannot read the instance identity from the instance metadata service: {e}; trying again in {}s",
+                    pause.as_secs()
+                );
+                notifier.notify(&format!(
+                    "EXTEND_TIMEOUT_USEC={}\nSTATUS=waiting for the instance metadata service",
+                    (pause + Duration::from_secs(90)).as_micros()
+                ));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// No answer, a 5xx or throttling (possibly while getting the token): worth asking again.
+fn imds_unreachable(e: &identity::ImdsError) -> bool {
+    match e {
+        identity::ImdsError::Transport { .. } => true,
+        identity::ImdsError::Status { code, .. } => *code >= 500 || *code == 429,
+        identity::ImdsError::TokenUnavailable { source } => imds_unreachable(source),
+        _ => false,
+    }
 }
 
 /// First SIGTERM/SIGINT/SIGQUIT: graceful; a second one: immediate.

@@ -483,6 +483,7 @@ fn copy_one(
     replace: bool,
     preserve_owner: bool,
 ) -> Result<(), InstallError> {
+    crate::test_pause::test_pause_point("install-file");
     if replace {
         match fs::symlink_metadata(destination) {
             Ok(m) if m.is_dir() => {

@@ -588,6 +588,7 @@ impl Cx<'_> {
 
     /// Counts one archive record against the entry cap.
     fn count_entry(&mut self) -> Result<(), UnpackError> {
+        crate::test_pause::test_pause_point("unpack-entry");
         self.entries += 1;
         if self.entries > self.opts.max_entries {
             return Err(UnpackError::TooManyEntries {

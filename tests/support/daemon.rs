@@ -24,6 +24,17 @@ impl Daemon {
     /// Starts `run` with a config pointing at `fake` and the sandbox's root. `extra` is
     /// appended to the config; `env` added to the process environment.
     pub fn start(s: &Sandbox, fake: &FakeService, extra: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_as(s, fake, HOST, extra, env)
+    }
+
+    /// [`Daemon::start`] with another host identifier (a fleet of agents on one fake).
+    pub fn start_as(
+        s: &Sandbox,
+        fake: &FakeService,
+        host: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let creds = fake.credentials();
         s.write_config(&format!(
             ":deploy_control_endpoint: {url}\n:pid_dir: {pid}\n:wait_between_runs: 0\n:startup_jitter_ms: 0\n:hook_kill_grace_seconds: 1\n:codedeploy_test_profile: beta\n:on_premises_config_file: {none}\n{extra}",
@@ -37,7 +48,7 @@ impl Daemon {
             .arg("-c")
             .arg(s.config())
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_HOST_IDENTIFIER", HOST)
+            .env("AWS_HOST_IDENTIFIER", host)
             .env("AWS_ACCESS_KEY_ID", &creds.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &creds.secret_key)
             .env_remove("AWS_SESSION_TOKEN")

@@ -139,6 +139,14 @@ pub enum Fault {
     /// Wait (past the client's timeout), then close without answering. The request is not
     /// applied.
     Stall(Duration),
+    /// Start a 200 answer (head and a few bytes of the body), then reset the connection
+    /// (RST, `SO_LINGER` 0) mid-response. The request is not applied.
+    Reset,
+    /// Apply the request (an ack or complete is recorded, a command is handed out), then hold
+    /// the answer for the duration (or until the service stops) before sending it: with a
+    /// duration past the client's read timeout, the service has accepted what the client
+    /// never hears about.
+    AnswerLate(Duration),
 }
 
 /// One request as the fake received it.
@@ -228,6 +236,19 @@ struct State {
     completes: Vec<Complete>,
     streams: Vec<TcpStream>,
     threads: Vec<JoinHandle<()>>,
+    /// When each command was enqueued, and when its first acknowledgement arrived.
+    enqueued_at: HashMap<String, Instant>,
+    acked_at: HashMap<String, Instant>,
+    /// When each host's first `PollHostCommand` arrived.
+    first_polls: HashMap<String, Instant>,
+    /// When each request arrived (a held poll is in here before it is answered and recorded).
+    arrivals: Vec<Instant>,
+    /// Connections being served right now, and the most there ever were at once.
+    open_connections: usize,
+    max_open_connections: usize,
+    /// `PollHostCommand`s being held open right now, and the most at once.
+    held_polls: usize,
+    max_held_polls: usize,
     stopping: bool,
     request_counter: u64,
 }
@@ -355,13 +376,73 @@ impl FakeService {
 
     /// Queues a command for `host`; wakes a held long poll.
     pub fn enqueue(&self, host: &str, command: HostCommand) {
-        self.shared
-            .lock()
+        let mut state = self.shared.lock();
+        state
+            .enqueued_at
+            .insert(command.host_command_identifier.clone(), Instant::now());
+        state
             .queues
             .entry(host.into())
             .or_default()
             .push_back(command);
+        drop(state);
         self.shared.changed.notify_all();
+    }
+
+    /// For every acknowledged command that was enqueued here: the time from `enqueue` to its
+    /// first acknowledgement (the pickup latency), by command identifier.
+    pub fn pickup_latencies(&self) -> HashMap<String, Duration> {
+        let state = self.shared.lock();
+        state
+            .acked_at
+            .iter()
+            .filter_map(|(id, acked)| {
+                let queued = state.enqueued_at.get(id)?;
+                Some((id.clone(), acked.saturating_duration_since(*queued)))
+            })
+            .collect()
+    }
+
+    /// When each host's first poll arrived (recorded on arrival, before a long poll ends).
+    pub fn first_polls(&self) -> HashMap<String, Instant> {
+        self.shared.lock().first_polls.clone()
+    }
+
+    /// The most connections served at once, and the most `PollHostCommand`s held open at once.
+    pub fn concurrency_peaks(&self) -> (usize, usize) {
+        let state = self.shared.lock();
+        (state.max_open_connections, state.max_held_polls)
+    }
+
+    /// Accepted completes, without cloning the request log: cheap enough to call often.
+    pub fn complete_count(&self) -> usize {
+        self.shared.lock().completes.len()
+    }
+
+    /// Accepted completes from index `from` on.
+    pub fn completes_since(&self, from: usize) -> Vec<Complete> {
+        let state = self.shared.lock();
+        state
+            .completes
+            .get(from..)
+            .map(<[Complete]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// How many requests arrived, in all.
+    pub fn request_count(&self) -> usize {
+        self.shared.lock().records.len()
+    }
+
+    /// Arrival times of every request, in order of arrival, including requests still being
+    /// answered (held polls).
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.shared.lock().arrivals.clone()
+    }
+
+    /// How many requests have arrived, including those still being answered.
+    pub fn arrival_count(&self) -> usize {
+        self.shared.lock().arrivals.len()
     }
 
     /// Commands still queued for `host`.
@@ -528,10 +609,23 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         if let Ok(clone) = stream.try_clone() {
             state.streams.push(clone);
         }
+        state.open_connections += 1;
+        state.max_open_connections = state.max_open_connections.max(state.open_connections);
+        let peer = stream.peer_addr().ok();
         let conn_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("fake-service-conn".into())
-            .spawn(move || serve_connection(stream, conn_shared))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                serve_connection(stream, &conn_shared);
+                let mut state = conn_shared.lock();
+                state.open_connections -= 1;
+                // Its clone (kept for shutting down on drop) goes too, so a long run with
+                // many reconnecting clients does not pile up open sockets.
+                if peer.is_some() {
+                    state.streams.retain(|s| s.peer_addr().ok() != peer);
+                }
+            })
             .expect("spawn connection thread");
         state.threads.push(handle);
     }
@@ -592,9 +686,41 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<HttpRequest> {
 enum Answer {
     Respond { status: u16, body: Value },
     Close,
+    Reset,
 }
 
-fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+/// Sends the start of a 200 answer, then resets the connection.
+fn reset_mid_response(shared: &Shared, mut writer: TcpStream) {
+    // The RST goes out when the last descriptor of the socket closes: drop the clone kept
+    // for shutting down on drop too.
+    if let Ok(peer) = writer.peer_addr() {
+        shared
+            .lock()
+            .streams
+            .retain(|s| s.peer_addr().ok() != Some(peer));
+    }
+    let _ = writer.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: 400\r\n\r\n{\"HostComm",
+    );
+    let _ = writer.flush();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&writer),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(writer);
+}
+
+fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
@@ -604,7 +730,7 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         let close = request
             .header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        match handle(&shared, request) {
+        match handle(shared, request) {
             Answer::Respond { status, body } => {
                 let request_id = {
                     let mut state = shared.lock();
@@ -630,6 +756,11 @@ fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             }
             Answer::Close => {
                 let _ = writer.shutdown(Shutdown::Both);
+                break;
+            }
+            Answer::Reset => {
+                drop(reader);
+                reset_mid_response(shared, writer);
                 break;
             }
         }
@@ -670,6 +801,7 @@ fn handle(shared: &Shared, request: HttpRequest) -> Answer {
         status: 0,
         error: None,
     };
+    shared.lock().arrivals.push(record.at);
     let answer = answer(shared, &request, &target, &operation, &body);
     if let Answer::Respond { status, body } = &answer {
         record.status = *status;
@@ -731,7 +863,7 @@ fn answer(
         state.faults.retain(|r| r.remaining > 0);
         fault
     };
-    match fault {
+    match fault.clone() {
         Some(Fault::ServerError) => {
             return reject(
                 500,
@@ -741,15 +873,26 @@ fn answer(
         }
         Some(Fault::Throttle) => return reject(400, "ThrottlingException", "Rate exceeded"),
         Some(Fault::Drop) => return Answer::Close,
+        Some(Fault::Reset) => return Answer::Reset,
         Some(Fault::Stall(d)) => {
             shared.sleep(d);
             return Answer::Close;
         }
         // Sleep, then answer normally unless the service is stopping.
         Some(Fault::Delay(d)) if !shared.sleep(d) => return Answer::Close,
-        Some(Fault::Delay(_)) | None => {}
+        Some(Fault::Delay(_) | Fault::AnswerLate(_)) | None => {}
     }
+    let answer = apply(shared, operation, body);
+    if let Some(Fault::AnswerLate(d)) = fault
+        && !shared.sleep(d)
+    {
+        return Answer::Close;
+    }
+    answer
+}
 
+/// The normal answer to a well-formed, authenticated request.
+fn apply(shared: &Shared, operation: &str, body: &Value) -> Answer {
     let text = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
     let envelope = |name: &str| -> Option<Envelope> {
         body.get(name)
@@ -763,14 +906,30 @@ fn answer(
             };
             let mut state = shared.lock();
             let deadline = Instant::now() + state.long_poll;
+            state
+                .first_polls
+                .entry(host.clone())
+                .or_insert_with(Instant::now);
+            let mut held = false;
             loop {
-                if let Some(cmd) = state.queues.get_mut(&host).and_then(VecDeque::pop_front) {
-                    let value = serde_json::to_value(cmd).expect("HostCommand serialises");
-                    return ok(json!({ "HostCommand": value }));
-                }
+                let next = state.queues.get_mut(&host).and_then(VecDeque::pop_front);
                 let now = Instant::now();
-                if now >= deadline || state.stopping {
-                    return ok(json!({}));
+                if next.is_some() || now >= deadline || state.stopping {
+                    if held {
+                        state.held_polls -= 1;
+                    }
+                    return match next {
+                        Some(cmd) => {
+                            let value = serde_json::to_value(cmd).expect("HostCommand serialises");
+                            ok(json!({ "HostCommand": value }))
+                        }
+                        None => ok(json!({})),
+                    };
+                }
+                if !held {
+                    held = true;
+                    state.held_polls += 1;
+                    state.max_held_polls = state.max_held_polls.max(state.held_polls);
                 }
                 state = shared
                     .changed
@@ -806,6 +965,10 @@ fn answer(
                 return reject(400, "ClientException", "HostCommandIdentifier is required");
             };
             let mut state = shared.lock();
+            state
+                .acked_at
+                .entry(id.clone())
+                .or_insert_with(Instant::now);
             let answered = state
                 .ack_overrides
                 .get(&id)

@@ -173,3 +173,5 @@ pub fn is_root() -> bool {
 }
 pub mod fake_imds;
 pub mod journal;
+pub mod fake_s3;
+pub mod tmpfs;

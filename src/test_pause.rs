@@ -1,0 +1,57 @@
+//! A test-only checkpoint for the crash-consistency tests (`tests/crash_consistency.rs`): lets a
+//! test stop the agent at an exact point inside a step (in the middle of unpacking, after N
+//! installed files) so it can SIGKILL it there.
+//!
+//! With `CODEDEPLOY_AGENT_TEST_PAUSE_AT=<point>[:<n>]` in the environment, the `n`-th (default
+//! first) call of [`test_pause_point`] for `<point>` creates the file named by
+//! `CODEDEPLOY_AGENT_TEST_PAUSE_MARKER` (if set) and then sleeps for good, holding the thread
+//! where it is. Without the variable (always, outside tests) a call is one check of a cached
+//! `None`. The points are `unpack-entry` (before each archive record is unpacked) and
+//! `install-file` (before each file Install copies).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+struct Target {
+    point: String,
+    nth: usize,
+    calls: AtomicUsize,
+}
+
+fn target() -> Option<&'static Target> {
+    static TARGET: OnceLock<Option<Target>> = OnceLock::new();
+    TARGET
+        .get_or_init(|| {
+            let value = std::env::var("CODEDEPLOY_AGENT_TEST_PAUSE_AT").ok()?;
+            let (point, nth) = match value.split_once(':') {
+                Some((p, n)) => (p.to_owned(), n.parse().ok()?),
+                None => (value, 1),
+            };
+            Some(Target {
+                point,
+                nth,
+                calls: AtomicUsize::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Pauses here for good when the test environment variable names this `point` and call.
+pub fn test_pause_point(point: &str) {
+    let Some(t) = target() else { return };
+    if t.point != point || t.calls.fetch_add(1, Ordering::SeqCst) + 1 != t.nth {
+        return;
+    }
+    tracing::warn!(
+        point,
+        nth = t.nth,
+        "test pause point reached; sleeping until killed"
+    );
+    if let Some(marker) = std::env::var_os("CODEDEPLOY_AGENT_TEST_PAUSE_MARKER") {
+        let _ = std::fs::write(marker, point);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
