@@ -1,9 +1,10 @@
 //! `codedeploy-agent prepare-image`: removes what ties an installed agent to this one machine
 //! before an image (AMI) is taken, so instances launched from the image start clean.
 //!
-//! Removed: the contents of the deployment root (bundles, deployment archives, scripts.log
-//! files, deployment instructions, the deployments log, in-flight tracking files and owed
-//! `.result` files), the pid, lock and status files, and the agent's own logs (rotated ones
+//! Removed: what the agent created in the deployment root (deployment group directories with
+//! bundles, deployment archives and scripts.log files, deployment instructions, the
+//! deployments log, in-flight tracking files and owed `.result` files; anything else there is
+//! left and listed as kept), the pid, lock and status files, and the agent's own logs (rotated ones
 //! included). The agent keeps no identity or credentials on disk (IMDS tokens and
 //! credentials live in memory only), so there is nothing of that kind to remove. Never
 //! removed: the agent configuration file, the on-premises configuration and the credentials
@@ -194,6 +195,34 @@ fn log_files(dir: &Path, name: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Whether `entry` (directly in the deployment root) is something the agent creates there:
+/// `deployment-instructions/`, `deployment-logs/`, or a deployment group's directory (a real
+/// directory holding only deployment directories, `d-...`). An operator who pointed
+/// `root_dir` at a shared directory keeps everything else in it.
+fn agent_created(root: &DeploymentRoot, entry: &Path) -> bool {
+    if *entry == root.instructions_dir() || *entry == root.deployment_logs_dir() {
+        return true;
+    }
+    let is_real_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    if !is_real_dir(entry) {
+        return false;
+    }
+    let Ok(children) = fs::read_dir(entry) else {
+        return false;
+    };
+    let mut any = false;
+    for child in children {
+        let Ok(child) = child else { return false };
+        let deployment =
+            child.file_name().to_string_lossy().starts_with("d-") && is_real_dir(&child.path());
+        if !deployment {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 fn unsafe_root(root: &Path) -> bool {
     let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -226,8 +255,9 @@ pub fn prepare(config: &Config, dry_run: bool, force: bool) -> Result<Outcome, P
     }
 
     let mut outcome = Outcome::default();
-    // The deployment root's contents, the tracking directory last but one, so an interrupted
-    // run still refuses next time if a command was in it.
+    // What the agent created in the deployment root, the tracking directory last but one, so
+    // an interrupted run still refuses next time if a command was in it. Anything else there
+    // is not ours and stays.
     let mut targets = Vec::new();
     match fs::read_dir(root.root()) {
         Ok(entries) => {
@@ -237,7 +267,15 @@ pub fn prepare(config: &Config, dry_run: bool, force: bool) -> Result<Outcome, P
                 .filter(|p| *p != tracking)
                 .collect();
             entries.sort();
-            targets.extend(entries);
+            for entry in entries {
+                if agent_created(&root, &entry) {
+                    targets.push(entry);
+                } else {
+                    outcome
+                        .kept
+                        .push((entry, "not created by the agent (left alone)"));
+                }
+            }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("read the deployment root", root.root())(e)),

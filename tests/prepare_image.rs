@@ -198,6 +198,51 @@ fn dry_run_lists_and_changes_nothing_then_the_real_run_removes_it_all() {
 }
 
 #[test]
+fn leaves_what_the_agent_did_not_create_in_a_shared_root_dir() {
+    let (s, _) = used_machine();
+    let root = s.root();
+    // An operator who pointed root_dir at a directory that also holds their own things.
+    fs::write(root.join("important.txt"), "operator data").expect("file");
+    fs::create_dir_all(root.join("bin")).expect("dir");
+    fs::write(root.join("bin/tool"), "binary").expect("tool");
+    // Looks half like a group directory: one deployment-like child and one other.
+    fs::create_dir_all(root.join("mixed/d-LOOKALIKE")).expect("mixed");
+    fs::write(root.join("mixed/notes"), "keep").expect("notes");
+    fs::create_dir_all(root.join("empty")).expect("empty");
+    // A symlink to a directory of deployment-like entries is not a group directory.
+    let elsewhere = s.path().join("elsewhere");
+    fs::create_dir_all(elsewhere.join("d-OTHER")).expect("elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, root.join("linked")).expect("symlink");
+
+    let run = prepare(&s, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    for kept in ["important.txt", "bin", "mixed", "empty", "linked"] {
+        assert!(
+            run.stdout.contains(&format!(
+                "  {} (not created by the agent",
+                root.join(kept).display()
+            )),
+            "{kept} not listed as kept:\n{}",
+            run.stdout
+        );
+    }
+    assert_eq!(
+        tree(&root),
+        [
+            "bin",
+            "bin/tool",
+            "empty",
+            "important.txt",
+            "linked",
+            "mixed",
+            "mixed/d-LOOKALIKE",
+            "mixed/notes",
+        ]
+    );
+    assert!(elsewhere.join("d-OTHER").is_dir());
+}
+
+#[test]
 fn refuses_while_a_command_is_in_flight_or_owed_unless_forced() {
     let (s, _) = used_machine();
     let tracking = s.root().join("ongoing-deployment");

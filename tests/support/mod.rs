@@ -172,6 +172,6 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 pub mod fake_imds;
-pub mod journal;
 pub mod fake_s3;
+pub mod journal;
 pub mod tmpfs;
