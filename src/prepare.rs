@@ -100,15 +100,39 @@ pub struct Outcome {
 /// The pid lock, held while we clean up.
 struct Held {
     _file: fs::File,
+    /// The lock file when we created it (removed again at the end, not reported).
+    created: Option<PathBuf>,
 }
 
-fn take_pid_lock(config: &Config) -> Result<Option<Held>, PrepareError> {
+/// Takes the daemon's pid lock, so a daemon starting while we work stops at once ("Could not
+/// acquire lock"). The lock file is created when missing (a daemon that never ran on this
+/// machine left none, and one starting now would otherwise run beside the cleanup), except
+/// in a dry run, which changes nothing.
+fn take_pid_lock(config: &Config, dry_run: bool) -> Result<Option<Held>, PrepareError> {
     let lock_path = config
         .pid_dir
         .join(format!("{}.pid.lock", config.program_name));
-    let file = match OpenOptions::new().write(true).open(&lock_path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+    let open = || OpenOptions::new().write(true).open(&lock_path);
+    let (file, created) = match open() {
+        Ok(f) => (f, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && dry_run => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(&config.pid_dir)
+                .map_err(io_err("create the pid directory", &config.pid_dir))?;
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock_path)
+            {
+                Ok(f) => (f, true),
+                // A daemon starting right now made it first.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
+                    open().map_err(io_err("open the pid lock", &lock_path))?,
+                    false,
+                ),
+                Err(e) => return Err(io_err("create the pid lock", &lock_path)(e)),
+            }
+        }
         Err(e) => return Err(io_err("open the pid lock", &lock_path)(e)),
     };
     // SAFETY: flock on a descriptor we own; no memory is involved.
@@ -125,7 +149,10 @@ fn take_pid_lock(config: &Config) -> Result<Option<Held>, PrepareError> {
             lock: lock_path.display().to_string(),
         });
     }
-    Ok(Some(Held { _file: file }))
+    Ok(Some(Held {
+        _file: file,
+        created: created.then_some(lock_path),
+    }))
 }
 
 /// Unfinished commands and unreported results in the tracking directory, read-only (stale
@@ -244,7 +271,9 @@ pub fn prepare(config: &Config, dry_run: bool, force: bool) -> Result<Outcome, P
             config: config_path,
         });
     }
-    let _lock = take_pid_lock(config)?;
+    let lock = take_pid_lock(config, dry_run)?;
+    let created_lock = lock.as_ref().and_then(|l| l.created.as_deref());
+    crate::test_pause::test_pause_point("prepare-locked");
     let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
     let tracking = root.ongoing_dir(&config.ongoing_deployment_tracking);
     let flying = in_flight(&tracking)?;
@@ -290,7 +319,7 @@ pub fn prepare(config: &Config, dry_run: bool, force: bool) -> Result<Outcome, P
         format!("{}.pid.lock", config.program_name),
     ] {
         let p = config.pid_dir.join(name);
-        if fs::symlink_metadata(&p).is_ok() {
+        if Some(p.as_path()) != created_lock && fs::symlink_metadata(&p).is_ok() {
             targets.push(p);
         }
     }
@@ -307,6 +336,9 @@ pub fn prepare(config: &Config, dry_run: bool, force: bool) -> Result<Outcome, P
             remove(&target)?;
         }
         outcome.removed.push(target);
+    }
+    if let Some(path) = created_lock {
+        remove(path)?;
     }
 
     if let Some(path) = &config.path {

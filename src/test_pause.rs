@@ -6,8 +6,9 @@
 //! first) call of [`test_pause_point`] for `<point>` creates the file named by
 //! `CODEDEPLOY_AGENT_TEST_PAUSE_MARKER` (if set) and then sleeps for good, holding the thread
 //! where it is. Without the variable (always, outside tests) a call is one check of a cached
-//! `None`. The points are `unpack-entry` (before each archive record is unpacked) and
-//! `install-file` (before each file Install copies).
+//! `None`. The points are `unpack-entry` (before each archive record is unpacked),
+//! `install-file` (before each file Install copies) and `prepare-locked` (prepare-image, once
+//! it holds the pid lock).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};

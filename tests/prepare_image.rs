@@ -347,3 +347,59 @@ fn refuses_while_the_daemon_runs_and_proceeds_once_it_stopped() {
         r.stdout
     );
 }
+
+/// Kills a child process on drop (a test that fails half-way leaves none behind).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_daemon_starting_during_the_cleanup_stops_even_when_no_lock_file_existed() {
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let pid = s.path().join("pid");
+    s.write_config(&format!(":pid_dir: {}\n", pid.display()));
+    assert!(!pid.exists(), "no daemon ever ran here");
+    let marker = s.path().join("paused");
+    let preparing = KillOnDrop(
+        Command::new(bin())
+            .arg("prepare-image")
+            .arg("--config")
+            .arg(s.config())
+            .env("CODEDEPLOY_AGENT_TEST_PAUSE_AT", "prepare-locked")
+            .env("CODEDEPLOY_AGENT_TEST_PAUSE_MARKER", &marker)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn prepare-image"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "prepare-image did not reach its pause"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Same pid_dir: Daemon::start rewrites the config with it.
+    let mut agent = Daemon::start(&s, &fake, "", &[]);
+    let status = agent.wait(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|st| !st.success()),
+        "the daemon must not start while prepare-image works: {status:?}\n{}",
+        agent.log_text()
+    );
+    assert!(
+        agent.log_text().contains("Could not acquire lock on"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(fake.requests_for("PollHostCommand").is_empty());
+    drop(preparing);
+}
