@@ -289,14 +289,17 @@ impl RotatingFile {
         PathBuf::from(name)
     }
 
-    /// Appends one record (whole: a record is never split across files).
+    /// Appends one record (whole: a record is never split across files). A rotation that
+    /// fails (a rename refused) does not lose the record: it goes to the current file, and
+    /// rotation is tried again once another `max_bytes` have been written.
     pub fn write_record(&mut self, bytes: &[u8]) -> io::Result<()> {
         let len = bytes.len() as u64;
         if self.rotation.max_bytes > 0
             && self.written > 0
             && self.written.saturating_add(len) > self.rotation.max_bytes
+            && self.rotate().is_err()
         {
-            self.rotate()?;
+            self.written = 0;
         }
         self.file.write_all(bytes)?;
         self.written = self.written.saturating_add(len);
@@ -848,6 +851,30 @@ mod tests {
             f.write_record(b"12345678\n").expect("write");
         }
         assert_eq!(fs::metadata(&path).expect("stat").len(), 45);
+    }
+
+    #[test]
+    fn a_failed_rotation_does_not_lose_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("z.log");
+        // `z.log.1` is a non-empty directory: renaming the live file onto it fails.
+        fs::create_dir_all(dir.path().join("z.log.1/in-the-way")).expect("dir");
+        let mut f = RotatingFile::open(
+            &path,
+            Rotation {
+                max_bytes: 10,
+                keep: 1,
+            },
+        )
+        .expect("open");
+        for n in 0..3 {
+            f.write_record(format!("record {n}\n").as_bytes())
+                .expect("written although rotation failed");
+        }
+        assert_eq!(
+            fs::read_to_string(&path).expect("read"),
+            "record 0\nrecord 1\nrecord 2\n"
+        );
     }
 
     #[test]
