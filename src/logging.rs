@@ -187,9 +187,11 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
         return std::borrow::Cow::Borrowed(text);
     }
     let lower = text.to_ascii_lowercase();
-    let has_param = SECRET_NAMES
-        .iter()
-        .any(|n| lower.contains(&format!("{n}=")));
+    let has_param = SECRET_NAMES.iter().any(|n| {
+        lower
+            .match_indices(n)
+            .any(|(at, _)| lower.as_bytes().get(at + n.len()) == Some(&b'='))
+    });
     let has_userinfo = lower.contains("://") && text.contains('@');
     if !has_param && !has_userinfo {
         return std::borrow::Cow::Borrowed(text);
@@ -644,6 +646,9 @@ where
             if self.console == Some(LogFormat::Text) {
                 let _ = io::stderr().lock().write_all(line.as_bytes());
             }
+        }
+        if self.console != Some(LogFormat::Json) && self.journal.is_none() {
+            return;
         }
         let all: Vec<(&'static str, String)> =
             spans.iter().flatten().chain(own.iter()).cloned().collect();
