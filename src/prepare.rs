@@ -28,14 +28,8 @@ use crate::deploy::layout::DeploymentRoot;
 /// Options of `codedeploy-agent prepare-image`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PrepareArgs {
-    /// The agent configuration file (as for `run`).
-    #[arg(
-        short = 'c',
-        long = "config",
-        visible_alias = "config_file",
-        value_name = "FILE"
-    )]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: crate::daemon::start::ConfigArg,
     /// List what would be removed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -391,7 +385,7 @@ fn remove(path: &Path) -> Result<(), PrepareError> {
 
 /// `codedeploy-agent prepare-image`: exit 0 when done (or listed), 1 when refused or failed.
 pub fn command(args: &PrepareArgs) -> ExitCode {
-    let path = crate::daemon::start::config_path(args.config.as_deref());
+    let path = args.config.path();
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -32,6 +32,20 @@ pub const FALLBACK_CONFIG_PATH: &str = "/opt/codedeploy-agent/conf/codedeployage
 /// Options of `codedeploy-agent run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Also log to stderr (systemd's journal picks it up).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_to_stderr: bool,
+    /// The format of what is logged to stderr: the agent log's text lines, or one JSON object
+    /// per line.
+    #[arg(long, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
+}
+
+/// `-c/--config FILE`, as `run`, `status` and `prepare-image` take it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
     /// The agent configuration file (default: /etc/codedeploy-agent/conf/codedeployagent.yml,
     /// else /opt/codedeploy-agent/conf/codedeployagent.yml).
     #[arg(
@@ -41,13 +55,13 @@ pub struct RunArgs {
         value_name = "FILE"
     )]
     pub config: Option<PathBuf>,
-    /// Also log to stderr (systemd's journal picks it up).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub log_to_stderr: bool,
-    /// The format of what is logged to stderr: the agent log's text lines, or one JSON object
-    /// per line.
-    #[arg(long, value_enum, default_value_t = crate::logging::LogFormat::Text)]
-    pub log_format: crate::logging::LogFormat,
+}
+
+impl ConfigArg {
+    /// The file given, else the default one that exists.
+    pub fn path(&self) -> PathBuf {
+        config_path(self.config.as_deref())
+    }
 }
 
 pub fn config_path(explicit: Option<&Path>) -> PathBuf {
@@ -106,7 +120,7 @@ impl Drop for PidLock {
 /// Runs the daemon until it is told to stop. Exit 0 after a clean shutdown, 1 when it cannot
 /// start (configuration, identity, lock).
 pub fn run(args: &RunArgs) -> ExitCode {
-    let path = config_path(args.config.as_deref());
+    let path = args.config.path();
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -575,14 +575,8 @@ mod tests {
 /// Options of `codedeploy-agent status`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    /// The agent configuration file (as for `run`).
-    #[arg(
-        short = 'c',
-        long = "config",
-        visible_alias = "config_file",
-        value_name = "FILE"
-    )]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: super::start::ConfigArg,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -621,7 +615,7 @@ fn ago(then: u64) -> String {
 /// `codedeploy-agent status`: LSB exit codes (0 running, 3 not running, 4 unknown).
 pub fn command(args: &StatusArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let path = super::start::config_path(args.config.as_deref());
+    let path = args.config.path();
     let config = match crate::config::Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
