@@ -13,7 +13,6 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use codedeploy_agent::control::Envelope;
@@ -71,18 +70,6 @@ fn revision(s: &Sandbox, name: &str, prefix: &str, files: usize) -> PathBuf {
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     s.bundle(name, &refs)
-}
-
-fn tgz(dir: &Path, out: &Path) {
-    let ok = Command::new("tar")
-        .arg("-czf")
-        .arg(out)
-        .arg("-C")
-        .arg(dir)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(ok.success());
 }
 
 fn local_file_spec(deployment: &str, bundle: &Path) -> Envelope {
@@ -200,7 +187,7 @@ impl Scenario {
     fn assert_next_deployment_succeeds(&self, old_prefix: &str) {
         let b = revision(&self.s, "next", "n", 4);
         let next_tgz = self.s.path().join("next.tgz");
-        tgz(&b, &next_tgz);
+        support::tgz(&b, &next_tgz);
         let done = run_commands(
             &self.fake,
             "d2",
@@ -259,7 +246,7 @@ impl Scenario {
 fn local_bundle(sc: &Scenario, files: usize) -> Envelope {
     let b = revision(&sc.s, "first", "f", files);
     let path = sc.s.path().join("first.tgz");
-    tgz(&b, &path);
+    support::tgz(&b, &path);
     local_file_spec("d-1", &path)
 }
 
@@ -329,7 +316,7 @@ fn kill_during_the_download() {
         .collect();
     fs::write(b.join("app/f99"), noise).expect("noise");
     let path = sc.s.path().join("first.tgz");
-    tgz(&b, &path);
+    support::tgz(&b, &path);
     let s3 = sc.s3.take().expect("s3");
     let etag = s3.put("releases", "first.tgz", fs::read(&path).expect("tgz"));
     s3.set_faults(S3Faults {

@@ -9,7 +9,6 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -81,17 +80,9 @@ fn runs(s: &Sandbox) -> Vec<String> {
         .collect()
 }
 
-/// `tar czf` of `dir`'s contents (no top directory).
+/// [`support::tgz`], and the archive's bytes.
 fn tgz_of(dir: &Path, out: &Path) -> Vec<u8> {
-    let ok = Command::new("tar")
-        .arg("-czf")
-        .arg(out)
-        .arg("-C")
-        .arg(dir)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(ok.success());
+    support::tgz(dir, out);
     fs::read(out).expect("read tgz")
 }
 

@@ -7,7 +7,7 @@ mod support;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -28,13 +28,7 @@ fn start_daemon(
     args: &[&str],
     env: &[(&str, Option<&str>)],
 ) -> Daemon {
-    s.write_config(&format!(
-        ":deploy_control_endpoint: {url}\n:pid_dir: {pid}\n:wait_between_runs: 0\n:startup_jitter_ms: 0\n:hook_kill_grace_seconds: 1\n:on_premises_config_file: {none}\n{extra_config}",
-        url = fake.url(),
-        pid = s.path().join("pid").display(),
-        none = s.path().join("no-onprem.yml").display(),
-    ));
-    let log = s.path().join("daemon.stderr");
+    support::daemon::write_config(s, fake, extra_config);
     let mut cmd = Command::new(support::bin());
     cmd.arg("run")
         .arg("-c")
@@ -52,27 +46,14 @@ fn start_daemon(
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("HOME", s.path())
         .env("CODEDEPLOY_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(s.path().join("daemon.stdout")).expect("stdout file"))
-        .stderr(fs::File::create(&log).expect("log file"));
+        .stdout(fs::File::create(s.path().join("daemon.stdout")).expect("stdout file"));
     for (k, v) in env {
         match v {
             Some(v) => cmd.env(k, v),
             None => cmd.env_remove(k),
         };
     }
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let child = cmd.spawn().expect("spawn the agent");
-    Daemon { child, log }
+    Daemon::spawn(s, cmd)
 }
 
 /// Every regular file under `dir`.
@@ -160,15 +141,7 @@ fn daemon_deployment_journal_fields_json_stderr_and_no_secrets() {
         ],
     );
     let tgz = s.path().join("bundle.tgz");
-    let ok = Command::new("tar")
-        .arg("-czf")
-        .arg(&tgz)
-        .arg("-C")
-        .arg(&b)
-        .arg(".")
-        .status()
-        .expect("tar");
-    assert!(ok.success());
+    support::tgz(&b, &tgz);
     moto.create_bucket("releases");
     let (etag, _) = moto.put_file("releases", "app/bundle.tgz", &tgz);
 

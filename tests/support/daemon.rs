@@ -36,13 +36,7 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Self {
         let creds = fake.credentials();
-        s.write_config(&format!(
-            ":deploy_control_endpoint: {url}\n:pid_dir: {pid}\n:wait_between_runs: 0\n:startup_jitter_ms: 0\n:hook_kill_grace_seconds: 1\n:codedeploy_test_profile: beta\n:on_premises_config_file: {none}\n{extra}",
-            url = fake.url(),
-            pid = s.path().join("pid").display(),
-            none = s.path().join("no-onprem.yml").display(),
-        ));
-        let log = s.path().join("daemon.stderr");
+        write_config(s, fake, &format!(":codedeploy_test_profile: beta\n{extra}"));
         let mut cmd = Command::new(super::bin());
         cmd.arg("run")
             .arg("-c")
@@ -57,12 +51,19 @@ impl Daemon {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("HOME", s.path())
             .env("CODEDEPLOY_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
+            .stdout(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(s, cmd)
+    }
+
+    /// Spawns `cmd` (an agent command line) with no stdin and its stderr in
+    /// `<sandbox>/daemon.stderr` ([`Daemon::log_text`]), killed if the test process dies.
+    pub fn spawn(s: &Sandbox, mut cmd: Command) -> Self {
+        let log = s.path().join("daemon.stderr");
+        cmd.stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
         // If the test process dies without dropping us (killed by a timeout), take the agent
         // with it rather than leave a daemon polling a dead fake service.
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
@@ -102,6 +103,17 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The daemon config the tests use: the fake's endpoint, `<sandbox>/pid`, no waits or jitter,
+/// a 1 s hook kill grace, no on-premises config, then `extra`.
+pub fn write_config(s: &Sandbox, fake: &FakeService, extra: &str) {
+    s.write_config(&format!(
+        ":deploy_control_endpoint: {url}\n:pid_dir: {pid}\n:wait_between_runs: 0\n:startup_jitter_ms: 0\n:hook_kill_grace_seconds: 1\n:on_premises_config_file: {none}\n{extra}",
+        url = fake.url(),
+        pid = s.path().join("pid").display(),
+        none = s.path().join("no-onprem.yml").display(),
+    ));
 }
 
 impl Drop for Daemon {

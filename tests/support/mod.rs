@@ -18,6 +18,19 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_codedeploy-agent"))
 }
 
+/// `tar czf out` of `dir`'s contents (no top directory).
+pub fn tgz(dir: &Path, out: &Path) {
+    let ok = Command::new("tar")
+        .arg("-czf")
+        .arg(out)
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(ok.success(), "tar czf {}", out.display());
+}
+
 /// A temporary world: `root/` (deployment root), `log/`, `dest/` (where bundles install),
 /// `conf.yml` pointing at them.
 pub struct Sandbox {
