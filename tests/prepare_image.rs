@@ -298,8 +298,13 @@ fn refuses_while_the_daemon_runs_and_proceeds_once_it_stopped() {
     let fake = FakeService::start();
     let mut agent = Daemon::start(&s, &fake, "", &[]);
     let pid_file = s.path().join("pid/codedeploy-agent.pid");
+    let status_file = s.path().join("pid/codedeploy-agent.status.json");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !pid_file.exists() || fake.requests_for("PollHostCommand").is_empty() {
+    // The status file is first written concurrently with the first poll: wait for both.
+    while !pid_file.exists()
+        || !status_file.exists()
+        || fake.requests_for("PollHostCommand").is_empty()
+    {
         assert!(
             Instant::now() < deadline,
             "the daemon did not start:\n{}",
@@ -307,7 +312,14 @@ fn refuses_while_the_daemon_runs_and_proceeds_once_it_stopped() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let before = tree(s.path());
+    // The status file's rewrites (every 5 s) briefly show a `.….tmp.<pid>` file: not compared.
+    let settled = || -> Vec<String> {
+        tree(s.path())
+            .into_iter()
+            .filter(|p| !p.rsplit('/').next().is_some_and(|n| n.starts_with('.')))
+            .collect()
+    };
+    let before = settled();
     let r = prepare(&s, &[]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
@@ -327,7 +339,7 @@ fn refuses_while_the_daemon_runs_and_proceeds_once_it_stopped() {
     assert!(pid_file.exists(), "nothing removed while it runs");
     assert!(s.path().join("log/codedeploy-agent.log").exists());
     // The daemon's own files may have changed (status rewrites); the set of files is the same.
-    assert_eq!(tree(s.path()), before);
+    assert_eq!(settled(), before);
 
     agent.signal(Signal::SIGTERM);
     let status = agent
