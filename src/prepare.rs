@@ -306,7 +306,23 @@ pub fn prepare(config: &Config, dry_run: bool, force: bool) -> Result<Outcome, P
     if fs::symlink_metadata(&tracking).is_ok() {
         targets.push(tracking.clone());
     }
-    // The status and pid files (the lock file last: we hold it until the end).
+    // The status and pid files (the lock file last: we hold it until the end), and what a
+    // status rewrite cut off by a crash left (`.<program>.status.json.tmp.<pid>`).
+    let status_tmp = format!(".{}.status.json.tmp.", config.program_name);
+    if let Ok(entries) = fs::read_dir(&config.pid_dir) {
+        let mut leftovers: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix(&status_tmp)
+                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .map(|e| e.path())
+            .collect();
+        leftovers.sort();
+        targets.extend(leftovers);
+    }
     for name in [
         format!("{}.status.json", config.program_name),
         format!("{}.pid", config.program_name),

@@ -78,6 +78,8 @@ fn used_machine() -> (Sandbox, PathBuf) {
     fs::write(pid.join("codedeploy-agent.pid"), "4242").expect("pid");
     fs::write(pid.join("codedeploy-agent.pid.lock"), "").expect("lock");
     fs::write(pid.join("codedeploy-agent.status.json"), "{}").expect("status");
+    // A status rewrite cut off by a crash.
+    fs::write(pid.join(".codedeploy-agent.status.json.tmp.4242"), "{").expect("status tmp");
     fs::write(pid.join("unrelated.txt"), "not ours").expect("other");
     let log = s.path().join("log");
     for name in [
