@@ -442,7 +442,13 @@ impl Config {
                     config.scripts_log_rotation.keep =
                         u32::try_from(integer(0)?.min(1000)).unwrap_or(1000)
                 }
-                "log_to_journal" => config.log_to_journal = !matches!(value, RawValue::Bool(false)),
+                "log_to_journal" => {
+                    // Empty keeps the default (on); anything but true/false is an error, so a
+                    // quoted "false" or a typo does not silently leave it on.
+                    if !matches!(value, RawValue::Null) {
+                        config.log_to_journal = boolean()?;
+                    }
+                }
                 "hook_output_to_journal" => config.hook_output_to_journal = boolean()?,
                 "health_endpoint" => {
                     config.health_endpoint = match text() {
@@ -597,6 +603,19 @@ mod tests {
                 .max_bytes,
             10240
         );
+        assert!(
+            parse(":root_dir: /a\n:log_to_journal:\n")
+                .expect("ok")
+                .log_to_journal
+        );
+        for bad in ["'false'", "flase", "0"] {
+            let err = parse(&format!(":root_dir: /a\n:log_to_journal: {bad}\n")).expect_err(bad);
+            assert!(
+                err.to_string()
+                    .contains("log_to_journal: expected true or false"),
+                "{err}"
+            );
+        }
         for bad in ["12", "lots", "-1", "5 parsecs"] {
             let err = parse(&format!(":root_dir: /a\n:log_max_size: {bad}\n")).expect_err(bad);
             assert!(
