@@ -150,7 +150,7 @@ fn take_pid_lock(config: &Config, dry_run: bool) -> Result<Option<Held>, Prepare
 }
 
 /// Unfinished commands and unreported results in the tracking directory, read-only (stale
-/// files, older than a day, do not count: the agent itself ignores them).
+/// files, older than a day, and empty ones do not count: the agent itself ignores them).
 fn in_flight(tracking: &Path) -> Result<Vec<String>, PrepareError> {
     let entries = match fs::read_dir(tracking) {
         Ok(e) => e,
@@ -171,6 +171,10 @@ fn in_flight(tracking: &Path) -> Result<Vec<String>, PrepareError> {
         }
         let command = fs::read_to_string(entry.path()).unwrap_or_default();
         let command = command.trim();
+        if command.is_empty() {
+            // The agent drops these too: no command to report on.
+            continue;
+        }
         if tracking.join(format!("{name}.result")).exists() {
             out.push(format!(
                 "deployment {name} (host command {command}) finished but its result was not \

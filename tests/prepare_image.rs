@@ -289,6 +289,12 @@ fn refuses_while_a_command_is_in_flight_or_owed_unless_forced() {
         .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 86_400))
         .expect("mtime");
 
+    // An empty tracking file names no command; the agent drops it too: not in flight.
+    let empty = tracking.join("d-EMPTY");
+    fs::write(&empty, "").expect("empty");
+    let r = prepare(&s, &["--dry-run"]);
+    assert!(!r.stderr.contains("d-EMPTY"), "{}", r.stderr);
+
     let forced = prepare(&s, &["--force"]);
     assert_eq!(forced.code, 0, "{forced:?}");
     assert_eq!(tree(&s.root()), Vec::<String>::new());
