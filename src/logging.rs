@@ -391,7 +391,15 @@ struct Journal {
     socket: std::sync::Arc<UnixDatagram>,
     path: PathBuf,
     identifier: String,
+    /// Unix seconds until which nothing is sent, after a send timed out.
+    suspended_until: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// How long one send may wait for room in journald's queue. A journald that stops reading
+/// must not stall the agent (every record, hook supervision and polling included).
+const JOURNAL_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// After a send timed out, records go to the file log only for this long.
+const JOURNAL_SUSPEND_SECS: u64 = 30;
 
 /// The largest MESSAGE sent; longer ones are cut (journald's datagram limit is larger, but a
 /// log record this long is never useful whole).
@@ -404,15 +412,26 @@ impl Journal {
     /// `None` when no datagram socket can be made (then the file log is all there is).
     fn new(path: PathBuf, identifier: &str) -> Option<Self> {
         let socket = UnixDatagram::unbound().ok()?;
+        socket.set_write_timeout(Some(JOURNAL_SEND_TIMEOUT)).ok()?;
         Some(Self {
             socket: std::sync::Arc::new(socket),
             path,
             identifier: identifier.to_owned(),
+            suspended_until: std::sync::Arc::default(),
         })
     }
 
-    /// Sends one record; failures are ignored (the file log still has it).
+    /// Sends one record; failures are ignored (the file log still has it). A send that times
+    /// out suspends sending for [`JOURNAL_SUSPEND_SECS`].
     fn send(&self, priority: u8, message: &str, fields: &[(String, String)]) {
+        use std::sync::atomic::Ordering;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if now < self.suspended_until.load(Ordering::Relaxed) {
+            return;
+        }
         let mut buf = Vec::with_capacity(message.len() + 256);
         let message = if message.len() > JOURNAL_MAX_MESSAGE {
             let mut end = JOURNAL_MAX_MESSAGE;
@@ -429,7 +448,15 @@ impl Journal {
         for (key, value) in fields {
             push_journal_field(&mut buf, key, value);
         }
-        let _ = self.socket.send_to(&buf, &self.path);
+        if let Err(e) = self.socket.send_to(&buf, &self.path)
+            && matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            )
+        {
+            self.suspended_until
+                .store(now + JOURNAL_SUSPEND_SECS, Ordering::Relaxed);
+        }
     }
 }
 

@@ -467,3 +467,43 @@ fn a_presigned_url_location_never_reaches_output_or_logs() {
         &["AKIAPRESIGNEDKEY", "PRESIGNEDSESSIONTOKEN", "PRESIGNEDSIG"],
     );
 }
+
+#[test]
+fn a_journal_that_stops_reading_does_not_stall_the_agent() {
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    // Bound but never read: its queue (net.unix.max_dgram_qlen, often 10) fills at once.
+    let stuck = s.path().join("stuck.socket");
+    let _socket = std::os::unix::net::UnixDatagram::bind(&stuck).expect("bind");
+    let stuck_s = stuck.display().to_string();
+    let mut agent = start_daemon(
+        &s,
+        &fake,
+        ":codedeploy_test_profile: beta\n",
+        &[],
+        &[
+            ("AWS_ACCESS_KEY_ID", Some(&fake.credentials().access_key)),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                Some(&fake.credentials().secret_key),
+            ),
+            ("CODEDEPLOY_JOURNAL_SOCKET", Some(stuck_s.as_str())),
+        ],
+    );
+    // Trace-level polling logs many records per poll; the agent must keep polling.
+    assert!(
+        fake.wait_until(T, |r| {
+            r.iter()
+                .filter(|r| r.operation == "PollHostCommand")
+                .count()
+                >= 30
+        }),
+        "the agent stopped polling:\n{}",
+        agent.log_text()
+    );
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait(T).expect("the agent stops");
+    assert!(status.success(), "{status:?}");
+    let log = fs::read_to_string(s.path().join("log/codedeploy-agent.log")).expect("agent log");
+    assert!(log.contains("agent exiting now"), "the file log has it all");
+}
