@@ -867,3 +867,70 @@ fn ctrl_c_with_stop_on_interrupt_stops_the_deployment_and_follows_it_to_stopped(
         "{out:?}"
     );
 }
+
+#[test]
+fn finished_targets_are_not_fetched_again() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("releases");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let done = |id: &str| {
+        fake::instance(
+            id,
+            "Succeeded",
+            vec![fake::event(
+                "AfterInstall",
+                "Succeeded",
+                Some(T),
+                Some(T + 1.0),
+            )],
+        )
+    };
+    let running = |id: &str| {
+        fake::instance(
+            id,
+            "InProgress",
+            vec![fake::event("AfterInstall", "InProgress", Some(T), None)],
+        )
+    };
+    let one_done = Step {
+        deployment: fake::deployment("InProgress", [0, 1, 1, 0, 0]),
+        targets: vec![done("i-0aaa"), running("i-0bbb")],
+    };
+    let fake = FakeCodeDeploy::start(vec![
+        Step {
+            deployment: fake::deployment("InProgress", [0, 2, 0, 0, 0]),
+            targets: vec![running("i-0aaa"), running("i-0bbb")],
+        },
+        one_done.clone(),
+        one_done.clone(),
+        one_done,
+        Step {
+            deployment: fake::deployment("Succeeded", [0, 0, 2, 0, 0]),
+            targets: vec![done("i-0aaa"), done("i-0bbb")],
+        },
+    ]);
+    let out = deploy_with_fake(&moto, &fake, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("i-0aaa: Succeeded"), "{out:?}");
+    assert!(out.stdout.contains("i-0bbb: Succeeded"), "{out:?}");
+    let fetched: Vec<Vec<String>> = fake
+        .requests_for("BatchGetDeploymentTargets")
+        .iter()
+        .map(|r| {
+            r.body["targetIds"]
+                .as_array()
+                .expect("targetIds")
+                .iter()
+                .map(|v| v.as_str().expect("id").to_owned())
+                .collect()
+        })
+        .collect();
+    // Both while both run; once i-0aaa has succeeded only i-0bbb is fetched.
+    assert_eq!(fetched[0], ["i-0aaa", "i-0bbb"], "{fetched:?}");
+    assert_eq!(fetched[1], ["i-0aaa", "i-0bbb"], "{fetched:?}");
+    assert!(
+        fetched[2..].iter().all(|ids| ids == &["i-0bbb"]),
+        "{fetched:?}"
+    );
+    assert_eq!(fetched.len(), 5, "{fetched:?}");
+}

@@ -177,11 +177,17 @@ pub async fn run(
         println!("Following {id} (Ctrl-C stops following; the deployment continues)");
     }
     let mut tracker = Tracker::default();
+    let mut finished = HashMap::new();
     let mut failed_polls = 0;
     let mut stopping = false;
     loop {
-        match poll(client, id).await {
-            Ok(snapshot) => {
+        // Ctrl-C is noticed while a poll is in flight too (the SDK retries a slow API).
+        let polled = tokio::select! {
+            r = poll(client, id, &mut finished) => Some(r),
+            _ = interrupts.recv() => None,
+        };
+        match polled {
+            Some(Ok(snapshot)) => {
                 failed_polls = 0;
                 for line in tracker.update(id, &snapshot) {
                     println!("{line}");
@@ -196,7 +202,7 @@ pub async fn run(
                     });
                 }
             }
-            Err(message) => {
+            Some(Err(message)) => {
                 failed_polls += 1;
                 if failed_polls >= MAX_FAILED_POLLS {
                     return Err(PushError::Aws(format!(
@@ -207,39 +213,69 @@ pub async fn run(
                 }
                 eprintln!("codedeploy-agent deploy: {message} (will retry)");
             }
+            None => {
+                if let Some(code) = interrupted(client, id, options, &mut stopping).await? {
+                    return Ok(code);
+                }
+                continue;
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(options.interval) => {}
             _ = interrupts.recv() => {
-                if options.stop_on_interrupt && !stopping {
-                    stopping = true;
-                    client
-                        .stop_deployment()
-                        .deployment_id(id)
-                        .send()
-                        .await
-                        .map_err(|e| PushError::Aws(format!(
-                            "StopDeployment for {id} failed: {}", describe(&e)
-                        )))?;
-                    println!(
-                        "Interrupted: stopping deployment {id}, following until it stops \
-                         (Ctrl-C again stops following)"
-                    );
-                } else {
-                    println!(
-                        "Interrupted: stopped following {id}; the deployment itself was not \
-                         stopped and continues. Check on it with `aws deploy get-deployment \
-                         --deployment-id {id}`"
-                    );
-                    return Ok(EXIT_INTERRUPTED);
+                if let Some(code) = interrupted(client, id, options, &mut stopping).await? {
+                    return Ok(code);
                 }
             }
         }
     }
 }
 
-/// One look: the deployment, then every target.
-async fn poll(client: &aws_sdk_codedeploy::Client, id: &str) -> Result<Snapshot, String> {
+/// Ctrl-C: the first one with `--stop-on-interrupt` stops the deployment and following goes
+/// on (`None`); otherwise following ends (`Some(exit code)`).
+async fn interrupted(
+    client: &aws_sdk_codedeploy::Client,
+    id: &str,
+    options: &Options,
+    stopping: &mut bool,
+) -> Result<Option<u8>, PushError> {
+    if options.stop_on_interrupt && !*stopping {
+        *stopping = true;
+        client
+            .stop_deployment()
+            .deployment_id(id)
+            .send()
+            .await
+            .map_err(|e| {
+                PushError::Aws(format!("StopDeployment for {id} failed: {}", describe(&e)))
+            })?;
+        println!(
+            "Interrupted: stopping deployment {id}, following until it stops \
+             (Ctrl-C again stops following)"
+        );
+        Ok(None)
+    } else {
+        println!(
+            "Interrupted: stopped following {id}; the deployment itself was not \
+             stopped and continues. Check on it with `aws deploy get-deployment \
+             --deployment-id {id}`"
+        );
+        Ok(Some(EXIT_INTERRUPTED))
+    }
+}
+
+/// Target statuses that do not change any more.
+fn is_final(status: &str) -> bool {
+    matches!(status, "Succeeded" | "Failed" | "Skipped")
+}
+
+/// One look: the deployment, then the targets; only those not in `finished` are fetched, and
+/// those that finish are added to it.
+async fn poll(
+    client: &aws_sdk_codedeploy::Client,
+    id: &str,
+    finished: &mut HashMap<String, Target>,
+) -> Result<Snapshot, String> {
     let out = client
         .get_deployment()
         .deployment_id(id)
@@ -292,7 +328,12 @@ async fn poll(client: &aws_sdk_codedeploy::Client, id: &str) -> Result<Snapshot,
             break;
         }
     }
-    for chunk in ids.chunks(BATCH) {
+    let (done, open): (Vec<String>, Vec<String>) =
+        ids.into_iter().partition(|t| finished.contains_key(t));
+    snapshot
+        .targets
+        .extend(done.iter().filter_map(|t| finished.get(t).cloned()));
+    for chunk in open.chunks(BATCH) {
         let out = client
             .batch_get_deployment_targets()
             .deployment_id(id)
@@ -300,9 +341,12 @@ async fn poll(client: &aws_sdk_codedeploy::Client, id: &str) -> Result<Snapshot,
             .send()
             .await
             .map_err(|e| format!("BatchGetDeploymentTargets {id}: {}", describe(&e)))?;
-        snapshot
-            .targets
-            .extend(out.deployment_targets().iter().filter_map(target));
+        for t in out.deployment_targets().iter().filter_map(target) {
+            if is_final(&t.status) {
+                finished.insert(t.id.clone(), t.clone());
+            }
+            snapshot.targets.push(t);
+        }
     }
     Ok(snapshot)
 }

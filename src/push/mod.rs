@@ -166,6 +166,9 @@ pub enum PushError {
     /// AWS or configuration trouble (exit 3).
     #[error("{0}")]
     Aws(String),
+    /// Ctrl-C before anything was deployed (exit 130).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl PushError {
@@ -173,6 +176,7 @@ impl PushError {
         match self {
             PushError::Usage(_) => EXIT_USAGE,
             PushError::Aws(_) => EXIT_AWS,
+            PushError::Interrupted(_) => EXIT_INTERRUPTED,
         }
     }
 }
@@ -258,7 +262,7 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
         target.bucket,
         target.key,
         uploaded.size,
-        uploaded.etag,
+        uploaded.etag.as_deref().unwrap_or("none"),
         uploaded
             .version_id
             .as_deref()
@@ -272,12 +276,49 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
                 .bucket(&target.bucket)
                 .key(&target.key)
                 .bundle_type(prepared.kind.sdk())
-                .e_tag(&uploaded.etag)
+                .set_e_tag(uploaded.etag.clone())
                 .set_version(uploaded.version_id.clone())
                 .build(),
         )
         .build();
 
+    // Once the upload has caught SIGINT it no longer ends the process by default: keep Ctrl-C
+    // working until following takes it over.
+    let created = tokio::select! {
+        r = register_and_create(args, &codedeploy, revision) => r?,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(PushError::Interrupted(format!(
+                "interrupted before the deployment was confirmed; if CreateDeployment was already \
+                 sent it may exist: check `aws deploy list-deployments --application-name {} \
+                 --deployment-group-name {}`",
+                args.application_name, args.deployment_group_name
+            )));
+        }
+    };
+    let id = created
+        .deployment_id()
+        .ok_or_else(|| PushError::Aws("CreateDeployment returned no deployment id".into()))?;
+    if args.no_follow {
+        println!("{id}");
+        return Ok(EXIT_SUCCEEDED);
+    }
+    println!(
+        "Created deployment {id} (application {}, deployment group {})",
+        args.application_name, args.deployment_group_name
+    );
+    let options = follow::Options {
+        interval: Duration::from_secs_f64(args.poll_interval),
+        stop_on_interrupt: args.stop_on_interrupt,
+    };
+    follow::run(&codedeploy, id, &options).await
+}
+
+/// RegisterApplicationRevision (unless `--no-register`), then CreateDeployment.
+async fn register_and_create(
+    args: &DeployArgs,
+    codedeploy: &aws_sdk_codedeploy::Client,
+    revision: RevisionLocation,
+) -> Result<aws_sdk_codedeploy::operation::create_deployment::CreateDeploymentOutput, PushError> {
     if args.no_register {
         println!("Not registering the revision (--no-register)");
     } else {
@@ -303,7 +344,7 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
         );
     }
 
-    let created = codedeploy
+    codedeploy
         .create_deployment()
         .application_name(&args.application_name)
         .deployment_group_name(&args.deployment_group_name)
@@ -320,23 +361,7 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
                 args.deployment_group_name,
                 describe(&e)
             ))
-        })?;
-    let id = created
-        .deployment_id()
-        .ok_or_else(|| PushError::Aws("CreateDeployment returned no deployment id".into()))?;
-    if args.no_follow {
-        println!("{id}");
-        return Ok(EXIT_SUCCEEDED);
-    }
-    println!(
-        "Created deployment {id} (application {}, deployment group {})",
-        args.application_name, args.deployment_group_name
-    );
-    let options = follow::Options {
-        interval: Duration::from_secs_f64(args.poll_interval),
-        stop_on_interrupt: args.stop_on_interrupt,
-    };
-    follow::run(&codedeploy, id, &options).await
+        })
 }
 
 /// The CodeDeploy and S3 clients from the standard chain (environment, profile, SSO, IMDS),

@@ -63,8 +63,9 @@ impl Tuning {
 /// What S3 stored.
 #[derive(Debug, Clone)]
 pub struct Uploaded {
-    /// Without the quotes S3 puts around it (CodeDeploy's `eTag` wants it bare).
-    pub etag: String,
+    /// Without the quotes S3 puts around it (CodeDeploy's `eTag` wants it bare); `None` when
+    /// S3 sent none (then the revision names no ETag rather than an empty one).
+    pub etag: Option<String>,
     pub version_id: Option<String>,
     pub size: u64,
 }
@@ -115,16 +116,18 @@ pub async fn put(
         .upload_id()
         .ok_or_else(|| upload_error(&where_, "CreateMultipartUpload returned no upload id"))?
         .to_owned();
-    match put_parts(
-        client,
-        target,
-        file,
-        size,
-        tuning.part_size_for(size),
-        &upload_id,
-    )
-    .await
-    {
+    // Ctrl-C while parts are in flight aborts the upload, so no parts are left behind (S3
+    // bills them until a lifecycle rule removes them).
+    let parts = tokio::select! {
+        r = put_parts(client, target, file, size, tuning.part_size_for(size), &upload_id) => r,
+        _ = tokio::signal::ctrl_c() => {
+            abort(client, target, &upload_id).await;
+            return Err(PushError::Interrupted(format!(
+                "interrupted: the multipart upload to {where_} was aborted; nothing was deployed"
+            )));
+        }
+    };
+    match parts {
         Ok(parts) => {
             let out = client
                 .complete_multipart_upload()
@@ -247,8 +250,10 @@ fn upload_error(where_: &str, detail: &str) -> PushError {
     ))
 }
 
-fn bare(etag: Option<&str>) -> String {
-    etag.unwrap_or_default().trim_matches('"').to_owned()
+fn bare(etag: Option<&str>) -> Option<String> {
+    etag.map(|e| e.trim_matches('"'))
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -268,7 +273,8 @@ mod tests {
 
     #[test]
     fn etag_loses_its_quotes() {
-        assert_eq!(bare(Some("\"abc-3\"")), "abc-3");
-        assert_eq!(bare(None), "");
+        assert_eq!(bare(Some("\"abc-3\"")).as_deref(), Some("abc-3"));
+        assert_eq!(bare(Some("\"\"")), None);
+        assert_eq!(bare(None), None);
     }
 }
