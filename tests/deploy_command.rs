@@ -371,11 +371,19 @@ struct RootFixingRelay {
     addr: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     rewrote: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// With `hold_parts`: an UploadPart request arrived and is being held unanswered.
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
     acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RootFixingRelay {
     fn start(upstream: String) -> Self {
+        Self::start_with(upstream, false)
+    }
+
+    /// `hold_parts`: UploadPart requests are never forwarded nor answered (an upload that
+    /// hangs), everything else goes through.
+    fn start_with(upstream: String, hold_parts: bool) -> Self {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -383,8 +391,9 @@ impl RootFixingRelay {
         let upstream = upstream.trim_start_matches("http://").to_owned();
         let stop = Arc::new(AtomicBool::new(false));
         let rewrote = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(false));
         let acceptor = {
-            let (stop, rewrote) = (stop.clone(), rewrote.clone());
+            let (stop, rewrote, held) = (stop.clone(), rewrote.clone(), held.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
@@ -392,7 +401,8 @@ impl RootFixingRelay {
                     }
                     let Ok(client) = conn else { continue };
                     let (upstream, rewrote) = (upstream.clone(), rewrote.clone());
-                    std::thread::spawn(move || relay(client, &upstream, &rewrote));
+                    let hold = hold_parts.then(|| (held.clone(), stop.clone()));
+                    std::thread::spawn(move || relay(client, &upstream, &rewrote, hold));
                 }
             })
         };
@@ -400,6 +410,7 @@ impl RootFixingRelay {
             addr,
             stop,
             rewrote,
+            held,
             acceptor: Some(acceptor),
         }
     }
@@ -410,6 +421,10 @@ impl RootFixingRelay {
 
     fn rewrote(&self) -> bool {
         self.rewrote.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -423,9 +438,20 @@ impl Drop for RootFixingRelay {
     }
 }
 
-/// Requests go through as bytes; each response (moto always sends Content-Length) is read
-/// whole, fixed, and passed on.
-fn relay(client: std::net::TcpStream, upstream: &str, rewrote: &std::sync::atomic::AtomicBool) {
+type Hold = (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
+
+/// Requests go through as bytes (or, with `hold` = (held, stop), request by request, an
+/// UploadPart being held unanswered until the relay stops); each response (moto always sends
+/// Content-Length) is read whole, fixed, and passed on.
+fn relay(
+    client: std::net::TcpStream,
+    upstream: &str,
+    rewrote: &std::sync::atomic::AtomicBool,
+    hold: Option<Hold>,
+) {
     use std::io::{BufRead, BufReader, Read, Write};
     let Ok(server) = std::net::TcpStream::connect(upstream) else {
         return;
@@ -434,7 +460,12 @@ fn relay(client: std::net::TcpStream, upstream: &str, rewrote: &std::sync::atomi
         return;
     };
     let requests = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut client_in, &mut server_out);
+        match hold {
+            None => {
+                let _ = std::io::copy(&mut client_in, &mut server_out);
+            }
+            Some((held, stop)) => forward_requests(client_in, &mut server_out, &held, &stop),
+        }
         let _ = server_out.shutdown(std::net::Shutdown::Write);
     });
     let mut from_server = BufReader::new(server);
@@ -483,6 +514,119 @@ fn relay(client: std::net::TcpStream, upstream: &str, rewrote: &std::sync::atomi
             return;
         }
     }
+}
+
+/// Forwards requests one by one (each has a Content-Length: the SDK sends one), except that an
+/// UploadPart (`?partNumber=`) is swallowed and its connection held until `stop`.
+fn forward_requests(
+    client_in: std::net::TcpStream,
+    server_out: &mut std::net::TcpStream,
+    held: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::Ordering;
+    let mut from_client = BufReader::new(client_in);
+    loop {
+        let mut head = String::new();
+        let mut length = 0u64;
+        loop {
+            let mut line = String::new();
+            if from_client.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+            let end = line == "\r\n";
+            head.push_str(&line);
+            if end {
+                break;
+            }
+        }
+        if head
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("partNumber="))
+        {
+            held.store(true, Ordering::SeqCst);
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
+        if server_out.write_all(head.as_bytes()).is_err()
+            || std::io::copy(&mut (&mut from_client).take(length), server_out).is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_during_a_multipart_upload_aborts_it() {
+    let Some(moto) = Moto::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let noise: Vec<u8> = (0u32..(12 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let source = bundle(dir.path(), &[("site/big.bin", &noise)]);
+    moto.create_bucket("releases");
+    let part = (5u64 << 20).to_string();
+    let relay = RootFixingRelay::start_with(moto.url(), true);
+    let child = deploy_command(
+        dir.path(),
+        &relay.url(),
+        &moto.url(),
+        &[
+            "--application-name",
+            "app",
+            "--deployment-group-name",
+            "qat",
+            "--s3-location",
+            "s3://releases/app/big.tar",
+            "--source",
+            source.to_str().expect("utf8"),
+            "--bundle-type",
+            "tar",
+            "--multipart-threshold",
+            &part,
+            "--part-size",
+            &part,
+            "--no-register",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !relay.held() {
+        assert!(Instant::now() < deadline, "no UploadPart reached the relay");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s3 = s3_client(&moto);
+    let open = |s3: &aws_sdk_s3::Client| {
+        moto.handle()
+            .block_on(s3.list_multipart_uploads().bucket("releases").send())
+            .expect("ListMultipartUploads")
+            .uploads()
+            .len()
+    };
+    assert_eq!(open(&s3), 1, "the upload is under way");
+    interrupt(&child);
+    let out = finish(child);
+    assert_eq!(out.code, 130, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "interrupted: the multipart upload to s3://releases/app/big.tar was aborted; \
+             nothing was deployed"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(open(&s3), 0, "AbortMultipartUpload left no parts behind");
 }
 
 #[test]
