@@ -20,7 +20,7 @@
 //! The engine is synchronous; the daemon calls it from `spawn_blocking`.
 
 mod scripts_log;
-pub(crate) use scripts_log::local_timestamp;
+pub(crate) use scripts_log::{local_timestamp, strip_ansi};
 mod supervise;
 mod tail;
 mod user;

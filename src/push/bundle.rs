@@ -54,12 +54,22 @@ impl Prepared {
 
 /// Validates `source` (a bundle directory or archive) for `os`, and packs a directory as
 /// `kind` (default tgz). Warnings go to stderr; any error is a usage error listing them all.
-pub fn prepare(source: &Path, kind: Option<BundleKind>, os: Os) -> Result<Prepared, PushError> {
+pub fn prepare(
+    source: &Path,
+    kind: Option<BundleKind>,
+    os: Os,
+    ignore_hidden: bool,
+) -> Result<Prepared, PushError> {
     let meta = fs::metadata(source).map_err(|e| {
         PushError::Usage(format!("cannot read the bundle {}: {e}", source.display()))
     })?;
     let archive_kind = if meta.is_dir() {
         None
+    } else if ignore_hidden {
+        return Err(PushError::Usage(format!(
+            "--ignore-hidden-files applies to a directory; {} is an archive and is uploaded as is",
+            source.display()
+        )));
     } else {
         let detected = archive::detect(source).map_err(|e| {
             PushError::Usage(format!("cannot read the bundle {}: {e}", source.display()))
@@ -102,7 +112,14 @@ pub fn prepare(source: &Path, kind: Option<BundleKind>, os: Os) -> Result<Prepar
     let scratch = ScratchDir::new()
         .map_err(|e| PushError::Usage(format!("cannot create a temporary directory: {e}")))?;
     let path = scratch.path().join(format!("bundle.{}", kind.as_str()));
-    let entries = walk(source).map_err(|e| {
+    if !ignore_hidden && source.join(".git").exists() {
+        eprintln!(
+            "note: packing {}/.git too (--ignore-hidden-files leaves hidden files and \
+             directories out)",
+            source.display()
+        );
+    }
+    let entries = walk(source, ignore_hidden).map_err(|e| {
         PushError::Usage(format!("cannot read the bundle {}: {e}", source.display()))
     })?;
     pack(&entries, kind, &path).map_err(|e| {
@@ -159,8 +176,9 @@ struct Entry {
 }
 
 /// Every directory, file and symlink under `root`, parents before children, names sorted,
-/// symlinks not followed.
-fn walk(root: &Path) -> io::Result<Vec<Entry>> {
+/// symlinks not followed; with `ignore_hidden`, none whose name starts with a dot (nor what is
+/// below such a directory).
+fn walk(root: &Path, ignore_hidden: bool) -> io::Result<Vec<Entry>> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
@@ -176,6 +194,9 @@ fn walk(root: &Path) -> io::Result<Vec<Entry>> {
                     format!("{} is not a UTF-8 file name", dir.join(&name).display()),
                 )
             })?;
+            if ignore_hidden && text.starts_with('.') {
+                continue;
+            }
             let path = dir.join(&name);
             let meta = fs::symlink_metadata(&path)?;
             let rel = format!("{prefix}{text}");
@@ -299,7 +320,7 @@ mod tests {
         let src = dir.path().join("src");
         sample(&src);
         for kind in [BundleKind::Tgz, BundleKind::Tar, BundleKind::Zip] {
-            let prepared = prepare(&src, Some(kind), Os::Linux).expect("prepare");
+            let prepared = prepare(&src, Some(kind), Os::Linux, false).expect("prepare");
             assert_eq!(prepared.files, Some(8), "{}", prepared.summary());
             let detected = archive::detect(prepared.path())
                 .expect("read")
@@ -336,7 +357,7 @@ mod tests {
             "version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: missing.sh\n      timeout: lots\n",
         )
         .expect("write");
-        let Err(PushError::Usage(message)) = prepare(dir.path(), None, Os::Linux) else {
+        let Err(PushError::Usage(message)) = prepare(dir.path(), None, Os::Linux, false) else {
             panic!("expected a usage error");
         };
         assert!(message.contains("nothing was uploaded"), "{message}");
@@ -348,17 +369,48 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = dir.path().join("src");
         sample(&src);
-        let packed = prepare(&src, Some(BundleKind::Zip), Os::Linux).expect("prepare");
+        let packed = prepare(&src, Some(BundleKind::Zip), Os::Linux, false).expect("prepare");
         let archive = dir.path().join("bundle.zip");
         fs::copy(packed.path(), &archive).expect("copy");
-        let again = prepare(&archive, None, Os::Linux).expect("archive");
+        let again = prepare(&archive, None, Os::Linux, false).expect("archive");
         assert_eq!(again.kind, BundleKind::Zip);
         assert_eq!(again.path(), archive);
         assert_eq!(again.files, None);
-        let Err(PushError::Usage(message)) = prepare(&archive, Some(BundleKind::Tgz), Os::Linux)
+        let Err(PushError::Usage(message)) =
+            prepare(&archive, Some(BundleKind::Tgz), Os::Linux, false)
         else {
             panic!("expected a usage error");
         };
         assert!(message.contains("which is a zip archive"), "{message}");
+    }
+
+    #[test]
+    fn hidden_files_are_left_out_on_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join(".git/objects")).expect("mkdir");
+        fs::write(src.join(".git/config"), "[core]\n").expect("write");
+        fs::write(src.join(".env"), "SECRET=1\n").expect("write");
+        fs::write(src.join("appspec.yml"), "version: 0.0\nos: linux\n").expect("write");
+        let names = |ignore| -> Vec<String> {
+            walk(&src, ignore)
+                .expect("walk")
+                .into_iter()
+                .map(|e| e.name)
+                .collect()
+        };
+        assert_eq!(names(true), ["appspec.yml"]);
+        assert_eq!(
+            names(false),
+            [".env", ".git", "appspec.yml", ".git/config", ".git/objects"]
+        );
+        let archive = dir.path().join("b.tgz");
+        let packed = prepare(&src, Some(BundleKind::Tgz), Os::Linux, true).expect("prepare");
+        fs::copy(packed.path(), &archive).expect("copy");
+        assert_eq!(packed.files, Some(1));
+        let Err(PushError::Usage(message)) = prepare(&archive, None, Os::Linux, true) else {
+            panic!("--ignore-hidden-files with an archive is a usage error");
+        };
+        assert!(message.contains("applies to a directory"), "{message}");
     }
 }

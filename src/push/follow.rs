@@ -154,13 +154,32 @@ fn render_diagnostics(d: &Diagnostics) -> Vec<String> {
         lines.push(format!("    error:    {code}"));
     }
     if let Some(message) = &d.message {
-        lines.push(format!("    message:  {message}"));
+        lines.push(format!("    message:  {}", terminal_safe(message)));
     }
     if let Some(tail) = d.log_tail.as_deref().filter(|t| !t.trim().is_empty()) {
         lines.push("    log tail:".into());
+        let tail = terminal_safe(tail);
         lines.extend(tail.trim_end().lines().map(|l| format!("      {l}")));
     }
     lines
+}
+
+/// Script output as the service reports it, made safe to print: escape sequences removed (as
+/// the agent strips them from scripts.log), other control characters but tab and newline
+/// shown as `?`, so a log tail cannot move the cursor, retitle or clear the operator's terminal.
+fn terminal_safe(text: &str) -> String {
+    let stripped = crate::deploy::hooks::strip_ansi(text.as_bytes());
+    String::from_utf8_lossy(&stripped)
+        .chars()
+        .filter(|&c| c != '\r')
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Follows deployment `id` until it ends; returns the exit code.
@@ -399,6 +418,14 @@ fn event(e: &LifecycleEvent) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_tails_cannot_drive_the_terminal() {
+        assert_eq!(
+            terminal_safe("\x1b[31mred\x1b[0m\r\n\x1b]0;title\x07ok\tdone\x08\n"),
+            "red\nok\tdone?\n"
+        );
+    }
 
     fn ev(name: &str, status: &str, duration: Option<f64>) -> Event {
         Event {

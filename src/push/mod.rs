@@ -63,6 +63,10 @@ pub struct DeployArgs {
     /// its contents; if given, this must match it.
     #[arg(long, value_enum)]
     pub bundle_type: Option<BundleKind>,
+    /// Leave files and directories whose names start with a dot (.git, .env, ...) out of a
+    /// packed directory (as `aws deploy push --ignore-hidden-files`).
+    #[arg(long)]
+    pub ignore_hidden_files: bool,
     /// Description of the revision and the deployment.
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
@@ -249,10 +253,13 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
 
     // Everything local first: a bad bundle fails before any AWS call.
     let source = args.source.clone();
-    let (kind, os) = (args.bundle_type, args.os.into());
-    let prepared = tokio::task::spawn_blocking(move || bundle::prepare(&source, kind, os))
-        .await
-        .map_err(|e| PushError::Aws(format!("bundling {} failed: {e}", args.source.display())))??;
+    let (kind, os, ignore_hidden) = (args.bundle_type, args.os.into(), args.ignore_hidden_files);
+    let prepared =
+        tokio::task::spawn_blocking(move || bundle::prepare(&source, kind, os, ignore_hidden))
+            .await
+            .map_err(|e| {
+                PushError::Aws(format!("bundling {} failed: {e}", args.source.display()))
+            })??;
     println!("{}", prepared.summary());
 
     let (codedeploy, s3) = clients(args).await?;
