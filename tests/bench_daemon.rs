@@ -56,10 +56,11 @@ fn cpu_ns(pid: u32) -> (u64, usize) {
     let mut threads = 0;
     for task in fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let path = task.expect("task").path().join("schedstat");
-        if let Some(ns) = fs::read_to_string(path)
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
-        {
+        if let Some(ns) = fs::read_to_string(path).ok().and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        }) {
             total += ns;
             threads += 1;
         }
