@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -711,7 +712,7 @@ fn copy_one(
         .mode(mode)
         .open(destination)
         .map_err(io_err("create", destination))?;
-    io::copy(&mut src, &mut dst).map_err(io_err("copy to", destination))?;
+    copy_data(&mut src, &mut dst, meta.len()).map_err(io_err("copy to", destination))?;
     if preserve_owner {
         nix::unistd::fchown(&dst, Some(meta.uid().into()), Some(meta.gid().into()))
             .map_err(|e| io_err("set owner of", destination)(e.into()))?;
@@ -724,6 +725,54 @@ fn copy_one(
         .set_modified(meta.modified().map_err(io_err("stat", source))?);
     dst.set_times(times)
         .map_err(io_err("set times of", destination))?;
+    Ok(())
+}
+
+/// Copies `len` bytes (the source's size) with `copy_file_range` straight away, then checks the
+/// source is at its end; `io::copy` does the same after an `fstat` and an `fcntl` on each side
+/// to choose that path, which is four system calls of nine per small file. Falls back to
+/// `io::copy` where the kernel cannot copy between these files.
+fn copy_data(src: &mut File, dst: &mut File, len: u64) -> io::Result<()> {
+    use nix::errno::Errno;
+    let mut left = len;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        // SAFETY: both descriptors are open files borrowed for the call; null offsets mean
+        // "use and advance the file positions".
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                chunk,
+                0,
+            )
+        };
+        let result = if n < 0 { Err(Errno::last()) } else { Ok(n.unsigned_abs()) };
+        match result {
+            // The source shrank: what is left is read below (nothing).
+            Ok(0) => break,
+            Ok(n) => left = left.saturating_sub(n as u64),
+            Err(Errno::EINTR) => {}
+            // Nothing copied yet and the kernel cannot do it here (old kernel, another
+            // filesystem kind, a special file): the generic path.
+            Err(Errno::ENOSYS | Errno::EXDEV | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EPERM)
+                if left == len =>
+            {
+                return io::copy(src, dst).map(drop);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // A source that grew since its `fstat`: copy the rest like `io::copy` would.
+    if left == 0 && len > 0 {
+        let mut probe = [0u8; 1];
+        if io::Read::read(src, &mut probe)? == 1 {
+            dst.write_all(&probe)?;
+            io::copy(src, dst)?;
+        }
+    }
     Ok(())
 }
 
