@@ -409,8 +409,10 @@ class Bench:
             "S3 download",
             {"agent from s3://": s3env + self.agent_cmd(w, "s3://bench/bundle.tar", "tar"),
              "agent from a local file": self.agent_cmd(w, bundle, "tar"),
-             "curl": f"curl -sSf -o {q(got)} {q(signed_url)}"},
-            [self.reset_agent(w), self.reset_agent(w), f"rm -f {q(got)}"],
+             "curl": f"curl -sSf -o {q(got)} {q(signed_url)}",
+             # The agent checks a single-part object's MD5 against its ETag after the download.
+             "curl + md5sum": f"curl -sSf -o {q(got)} {q(signed_url)} && md5sum {q(got)} >/dev/null"},
+            [self.reset_agent(w), self.reset_agent(w), f"rm -f {q(got)}", f"rm -f {q(got)}"],
             self.m["runs"] + 2, 1)
         if os.path.getsize(got) != os.path.getsize(bundle):
             raise SystemExit("benches: curl got a different size from moto")

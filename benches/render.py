@@ -233,7 +233,11 @@ def render(r, notes_path):
         st = s3["stats"]
         add(f"- S3 ({s3['bytes'] / MIB:.0f} MiB object from moto_server): deployment from "
             f"`s3://` {rng(st['agent from s3://'])}, from a local file "
-            f"{rng(st['agent from a local file'])}, `curl` {rng(st['curl'])}.")
+            f"{rng(st['agent from a local file'])}, `curl` {rng(st['curl'])}, `curl` then "
+            f"`md5sum` {rng(st['curl + md5sum'])} (the agent verifies a single-part object's "
+            f"MD5 against its ETag after the download: download and check "
+            f"{s(st['agent from s3://']['median'] - st['agent from a local file']['median'])} "
+            f"against {s(st['curl + md5sum']['median'])} for `curl` and `md5sum`).")
     add(f"- Binary: {size:,} bytes ({size / MIB:.2f} MiB).")
     add("")
 

@@ -12,13 +12,13 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::appspec::{AppSpec, FileExistsBehavior};
-use crate::deploy::layout::{DeploymentRoot, write_atomic};
+use crate::deploy::layout::{DeploymentRoot, write_atomic_with};
 use crate::deploy::permissions::{self, IdCache, PermissionError};
 use crate::deploy::plan::{self, InstallPlan, Instruction, PlanError};
 
@@ -256,7 +256,7 @@ pub fn install_with_progress(
     };
 
     let install_json = req.root.install_json(req.group_id);
-    write_atomic(&install_json, resolved.plan.to_install_json().as_bytes())
+    write_atomic_with(&install_json, |w| resolved.plan.write_install_json(w))
         .map_err(io_err("write", &install_json))?;
 
     let cleanup_path = req.root.cleanup_file(req.group_id);
@@ -749,7 +749,11 @@ fn copy_data(src: &mut File, dst: &mut File, len: u64) -> io::Result<()> {
                 0,
             )
         };
-        let result = if n < 0 { Err(Errno::last()) } else { Ok(n.unsigned_abs()) };
+        let result = if n < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(n.unsigned_abs())
+        };
         match result {
             // The source shrank: what is left is read below (nothing).
             Ok(0) => break,
@@ -757,9 +761,9 @@ fn copy_data(src: &mut File, dst: &mut File, len: u64) -> io::Result<()> {
             Err(Errno::EINTR) => {}
             // Nothing copied yet and the kernel cannot do it here (old kernel, another
             // filesystem kind, a special file): the generic path.
-            Err(Errno::ENOSYS | Errno::EXDEV | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EPERM)
-                if left == len =>
-            {
+            Err(
+                Errno::ENOSYS | Errno::EXDEV | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EPERM,
+            ) if left == len => {
                 return io::copy(src, dst).map(drop);
             }
             Err(e) => return Err(e.into()),
