@@ -31,8 +31,8 @@ MIB = 1 << 20
 # Sizes per mode. "small": file counts of the many-small-files workloads; "large": bytes of
 # the four large files; "runs": hyperfine timing runs per command.
 MODES = {
-    "full": dict(small=[10_000, 100_000], large=2 * GIB, runs=5, runs_small=10, s3=256 * MIB,
-                 deploys=20, idle=120, disk=10_000, disk_runs=5, hooks=100),
+    "full": dict(small=[10_000, 100_000], large=2 * GIB, runs=5, runs_small=7, s3=256 * MIB,
+                 deploys=20, idle=60, disk=10_000, disk_runs=5, hooks=100),
     "quick": dict(small=[2_000, 10_000], large=128 * MIB, runs=3, runs_small=5, s3=32 * MIB,
                   deploys=3, idle=10, disk=2_000, disk_runs=3, hooks=100),
     "smoke": dict(small=[200], large=4 * MIB, runs=2, runs_small=2, s3=0,
@@ -489,7 +489,7 @@ class Bench:
         self.results["load_end"] = self.loadavg()
         sys.path.insert(0, HERE)
         import render
-        text = render.render(self.results, os.path.join(HERE, "analysis.md"))
+        text = render.render(self.results, os.path.join(HERE, "notes.md"))
         with open(self.a.out, "w") as f:
             f.write(text)
         with open(self.a.out + ".json" if self.a.json is None else self.a.json, "w") as f:
@@ -499,7 +499,7 @@ class Bench:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--bin", required=True, help="the codedeploy-agent binary to measure")
+    p.add_argument("--bin", help="the codedeploy-agent binary to measure")
     p.add_argument("--mode", choices=list(MODES), default="full")
     p.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
     p.add_argument("--json", help="raw figures (default: next to --out, .json added)")
@@ -510,7 +510,19 @@ def main():
     p.add_argument("--only", help="comma-separated parts: misc,small,large,s3,daemon,disk "
                    "(development; the document then lacks the others)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    p.add_argument("--render", metavar="JSON",
+                   help="only render --out from the raw figures of an earlier run")
     a = p.parse_args()
+    if a.render:
+        sys.path.insert(0, HERE)
+        import render
+        with open(a.render) as f:
+            results = json.load(f)
+        with open(a.out, "w") as f:
+            f.write(render.render(results, os.path.join(HERE, "notes.md")))
+        return
+    if not a.bin:
+        p.error("--bin is required")
     b = Bench(a)
 
     def stop(signum, _frame):
