@@ -31,7 +31,7 @@ MIB = 1 << 20
 # Sizes per mode. "small": file counts of the many-small-files workloads; "large": bytes of
 # the four large files; "runs": hyperfine timing runs per command.
 MODES = {
-    "full": dict(small=[10_000, 100_000], large=2 * GIB, runs=5, runs_small=7, s3=256 * MIB,
+    "full": dict(small=[10_000, 100_000], large=2 * GIB, runs=5, runs_small=5, s3=128 * MIB,
                  deploys=20, idle=60, disk=10_000, disk_runs=5, hooks=100),
     "quick": dict(small=[2_000, 10_000], large=128 * MIB, runs=3, runs_small=5, s3=32 * MIB,
                   deploys=3, idle=10, disk=2_000, disk_runs=3, hooks=100),
@@ -458,6 +458,19 @@ class Bench:
         with open("/proc/loadavg") as f:
             return " ".join(f.read().split()[:3])
 
+    def save(self):
+        """The raw figures so far (also after a failure: `benches/run --render` shows them)."""
+        path = self.a.out + ".json" if self.a.json is None else self.a.json
+        with open(path, "w") as f:
+            json.dump(self.results, f, indent=1)
+
+    def part(self, name, fn, *args):
+        fn(*args)
+        self.results.setdefault("parts", []).append(name)
+        self.results["elapsed"] = time.time() - self.t0
+        self.results["load_end"] = self.loadavg()
+        self.save()
+
     def run(self):
         m = self.m
         self.space_check()
@@ -466,34 +479,33 @@ class Bench:
         self.results["load_start"] = self.loadavg()
         self.results["machine"] = self.machine()
         self.work = self.mkwork("/dev/shm", "shm")
-        t0 = time.time()
+        self.t0 = time.time()
         only = set(self.a.only.split(",")) if self.a.only else None
         want = lambda part: only is None or part in only  # noqa: E731
         if want("misc"):
-            self.small_things(self.work)
+            self.part("misc", self.small_things, self.work)
         if want("small"):
             for n in m["small"]:
-                self.small_files(self.work, "tmpfs", n, ["tgz", "zip"],
-                                 m["runs"] if n > 10_000 or self.a.mode == "smoke"
-                                 else m["runs_small"])
+                self.part(f"small {n}", self.small_files, self.work, "tmpfs", n, ["tgz", "zip"],
+                          m["runs"] if n > 10_000 or self.a.mode == "smoke" else m["runs_small"])
         if want("large"):
-            self.large_files(self.work, m["runs"])
+            self.part("large", self.large_files, self.work, m["runs"])
         if m["s3"] and not self.a.no_s3 and want("s3"):
-            self.s3(self.work)
+            self.part("s3", self.s3, self.work)
         if m["deploys"] and not self.a.no_daemon and want("daemon"):
-            self.daemon()
+            self.part("daemon", self.daemon)
         if m["disk"] and not self.a.no_disk and want("disk"):
             disk = self.mkwork(self.a.disk_dir, "disk")
-            self.small_files(disk, "disk", m["disk"], ["tgz"], m["disk_runs"], redeploy=False)
-        self.results["elapsed"] = time.time() - t0
+            self.part("disk", self.small_files, disk, "disk", m["disk"], ["tgz"],
+                      m["disk_runs"], False)
+        self.results["elapsed"] = time.time() - self.t0
         self.results["load_end"] = self.loadavg()
         sys.path.insert(0, HERE)
         import render
         text = render.render(self.results, os.path.join(HERE, "notes.md"))
         with open(self.a.out, "w") as f:
             f.write(text)
-        with open(self.a.out + ".json" if self.a.json is None else self.a.json, "w") as f:
-            json.dump(self.results, f, indent=1)
+        self.save()
         log(f"wrote {self.a.out} in {self.results['elapsed'] / 60:.1f} min")
 
 

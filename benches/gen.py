@@ -191,7 +191,14 @@ def hooks(a):
 
 def one(a):
     rng = random.Random(f"{SEED}-one-{a.size}")
-    write(os.path.join(a.out, "data.bin"), rng.randbytes(a.size))
+    path = os.path.join(a.out, "data.bin")
+    os.makedirs(a.out, exist_ok=True)
+    with open(path, "wb") as f:
+        left = a.size
+        while left > 0:  # randbytes of more than 256 MiB overflows
+            n = min(left, 1 << 20)
+            f.write(rng.randbytes(n))
+            left -= n
     write_common(a.out, a.dest, a.owner, a.group, [], [])
 
 

@@ -45,6 +45,9 @@ def render(r, notes_path):
         add("")
         add(f"**This is a `{mode}` run**: smaller sizes and fewer runs than the issue asks for. "
             "Only a full run (`benches/run`) states whether the targets are met.")
+    parts = r.get("parts", [])
+    add("")
+    add(f"**Parts measured in this run:** {', '.join(parts) if parts else 'none'}.")
     for n in r["notes"]:
         add("")
         add(f"**Note.** {n}")
