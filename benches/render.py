@@ -48,6 +48,12 @@ def render(r, notes_path):
     parts = r.get("parts", [])
     add("")
     add(f"**Parts measured in this run:** {', '.join(parts) if parts else 'none'}.")
+    expected = ["misc", "small 10000", "small 100000", "large", "s3", "daemon", "disk"]
+    missing = [p for p in expected if p not in parts]
+    if mode == "full" and missing:
+        add("")
+        add(f"**Incomplete run**: {', '.join(missing)} did not run (or did not finish), so "
+            "the targets that depend on them are absent from the table below.")
     for n in r["notes"]:
         add("")
         add(f"**Note.** {n}")
