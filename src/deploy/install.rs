@@ -5,18 +5,20 @@
 //! next install can act on.
 //!
 //! Copies use the kernel's fast path (`copy_file_range` through `std::io::copy` between files)
-//! and run in parallel in batches; the batch's paths are written to the cleanup file first.
+//! and run in parallel on a pool of workers that lives for the whole install; each batch's
+//! paths are written to the cleanup file before it is handed out, in plan order, and the plan
+//! waits for the copies only before a permission instruction and at the end.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::appspec::{AppSpec, FileExistsBehavior};
-use crate::deploy::layout::{DeploymentRoot, write_atomic};
+use crate::deploy::layout::{DeploymentRoot, write_atomic_with};
 use crate::deploy::permissions::{self, IdCache, PermissionError};
 use crate::deploy::plan::{self, InstallPlan, Instruction, PlanError};
 
@@ -254,7 +256,7 @@ pub fn install_with_progress(
     };
 
     let install_json = req.root.install_json(req.group_id);
-    write_atomic(&install_json, resolved.plan.to_install_json().as_bytes())
+    write_atomic_with(&install_json, |w| resolved.plan.write_install_json(w))
         .map_err(io_err("write", &install_json))?;
 
     let cleanup_path = req.root.cleanup_file(req.group_id);
@@ -295,8 +297,9 @@ pub fn install_with_progress(
     Ok(summary)
 }
 
-/// How many copies one batch holds: large enough to keep the workers busy, small enough that
-/// a kill leaves little recorded-but-not-copied.
+/// How many copies are recorded in the cleanup file and handed to the workers at once: large
+/// enough to keep the workers busy and the writes few, small enough that a kill leaves little
+/// recorded-but-not-copied.
 const COPY_BATCH: usize = 512;
 
 struct Execution<'a> {
@@ -308,6 +311,124 @@ struct Execution<'a> {
     preserve_owner: bool,
     overwritten: HashSet<PathBuf>,
     summary: &'a mut InstallSummary,
+}
+
+/// Copies handed to the workers, and what they report back.
+#[derive(Default)]
+struct CopyQueue {
+    /// Indices into the instruction list, in plan order.
+    jobs: std::collections::VecDeque<usize>,
+    /// Jobs handed out and not yet finished.
+    busy: usize,
+    done: usize,
+    error: Option<InstallError>,
+    closed: bool,
+}
+
+/// A pool of copy workers living for the whole install. The main thread walks the plan in
+/// order (so the cleanup file keeps the plan's order and every entry is written before its
+/// path exists) and waits for the copies only where an instruction needs them finished:
+/// before a permission instruction, and at the end. Directories are made by the main thread
+/// as the plan reaches them; a copy is only handed out after the directories before it.
+struct Pool<'s> {
+    queue: &'s std::sync::Mutex<CopyQueue>,
+    work: &'s std::sync::Condvar,
+    idle: &'s std::sync::Condvar,
+}
+
+impl Pool<'_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CopyQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn submit(&self, jobs: impl Iterator<Item = usize>) {
+        let mut q = self.lock();
+        q.jobs.extend(jobs);
+        self.work.notify_all();
+    }
+
+    /// Waits until every submitted copy finished; returns how many finished so far, or the
+    /// first error.
+    fn wait(&self) -> Result<usize, InstallError> {
+        let mut q = self.lock();
+        while q.error.is_none() && (!q.jobs.is_empty() || q.busy > 0) {
+            q = self
+                .idle
+                .wait(q)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        match q.error.take() {
+            Some(e) => Err(e),
+            None => Ok(q.done),
+        }
+    }
+
+    /// The first error so far, without waiting.
+    fn failed(&self) -> Option<InstallError> {
+        self.lock().error.take()
+    }
+
+    fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        q.jobs.clear();
+        self.work.notify_all();
+    }
+
+    fn worker(
+        &self,
+        instructions: &[Instruction],
+        overwritten: &HashSet<PathBuf>,
+        preserve_owner: bool,
+    ) {
+        loop {
+            let n = {
+                let mut q = self.lock();
+                loop {
+                    if q.closed {
+                        return;
+                    }
+                    if let Some(n) = q.jobs.pop_front() {
+                        q.busy += 1;
+                        break n;
+                    }
+                    q = self
+                        .work
+                        .wait(q)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            };
+            let result = match &instructions[n] {
+                Instruction::Copy {
+                    source,
+                    destination,
+                    symlink,
+                } => copy_one(
+                    source,
+                    destination,
+                    *symlink,
+                    overwritten.contains(destination),
+                    preserve_owner,
+                ),
+                _ => Ok(()),
+            };
+            let mut q = self.lock();
+            q.busy -= 1;
+            q.done += 1;
+            if let Err(e) = result {
+                // The first error wins; nothing more is started.
+                if q.error.is_none() {
+                    q.error = Some(e);
+                }
+                q.jobs.clear();
+            }
+            if q.error.is_some() || (q.jobs.is_empty() && q.busy == 0) {
+                self.idle.notify_all();
+            }
+        }
+    }
 }
 
 impl Execution<'_> {
@@ -324,23 +445,77 @@ impl Execution<'_> {
     }
 
     fn run(&mut self, instructions: &[Instruction]) -> Result<(), InstallError> {
+        let copies = instructions
+            .iter()
+            .filter(|i| matches!(i, Instruction::Copy { .. }))
+            .count();
+        if copies == 0 {
+            return self.run_with(instructions, None);
+        }
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8)
+            .min(copies);
+        let queue = std::sync::Mutex::new(CopyQueue::default());
+        let (work, idle) = (std::sync::Condvar::new(), std::sync::Condvar::new());
+        let pool = Pool {
+            queue: &queue,
+            work: &work,
+            idle: &idle,
+        };
+        let overwritten = std::mem::take(&mut self.overwritten);
+        let preserve_owner = self.preserve_owner;
+        let result = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| scope.spawn(|| pool.worker(instructions, &overwritten, preserve_owner)))
+                .collect();
+            let result = self.run_with(instructions, Some(&pool));
+            pool.close();
+            let panicked = handles.into_iter().any(|h| h.join().is_err());
+            match result {
+                Ok(()) if panicked => Err(InstallError::Io {
+                    what: "copy (worker panicked)",
+                    path: PathBuf::new(),
+                    source: io::Error::other("copy worker panicked"),
+                }),
+                other => other,
+            }
+        });
+        self.overwritten = overwritten;
+        result
+    }
+
+    /// Walks the plan in order. Copies go to `pool` (or are done here when there is none).
+    fn run_with(
+        &mut self,
+        instructions: &[Instruction],
+        pool: Option<&Pool<'_>>,
+    ) -> Result<(), InstallError> {
+        // Copies recorded in the cleanup file but not yet handed out (plan indices).
+        let mut pending: Vec<usize> = Vec::new();
+        let mut in_flight = false;
         let mut i = 0;
         while i < instructions.len() {
             match &instructions[i] {
                 Instruction::Copy { .. } => {
-                    let end = instructions[i..]
-                        .iter()
-                        .take(COPY_BATCH)
-                        .position(|ins| !matches!(ins, Instruction::Copy { .. }))
-                        .map_or((i + COPY_BATCH).min(instructions.len()), |n| i + n);
-                    self.copy_batch(&instructions[i..end])?;
-                    i = end;
+                    pending.push(i);
+                    if pending.len() >= COPY_BATCH {
+                        self.hand_out(instructions, &mut pending, pool)?;
+                        in_flight = true;
+                    }
+                    i += 1;
                 }
                 Instruction::Mkdir { directory } => {
+                    i += 1;
+                    // The copies before it are recorded first: the cleanup file keeps the
+                    // plan's order.
+                    if !pending.is_empty() {
+                        self.hand_out(instructions, &mut pending, pool)?;
+                        in_flight = true;
+                    }
                     // Made by an earlier entry of this plan or by someone else since the plan
                     // was built: then it is not ours to remove.
                     if fs::symlink_metadata(directory).is_ok_and(|m| m.is_dir()) {
-                        i += 1;
                         continue;
                     }
                     // Write-ahead, like the copies: the directory is in the cleanup file before
@@ -356,62 +531,44 @@ impl Execution<'_> {
                         Err(e) => return Err(io_err("create directory", directory)(e)),
                     }
                     self.summary.directories += 1;
-                    i += 1;
                 }
-                Instruction::Chmod { mode, file } => {
-                    permissions::chmod(file, mode.bits)?;
-                    self.summary.permissions += 1;
-                    i += 1;
-                }
-                Instruction::Chown { owner, group, file } => {
-                    let uid = owner
-                        .as_deref()
-                        .map(|o| self.ids.uid(o, file))
-                        .transpose()?;
-                    let gid = group
-                        .as_deref()
-                        .map(|g| self.ids.gid(g, file))
-                        .transpose()?;
-                    permissions::chown(file, uid, gid)?;
-                    self.summary.permissions += 1;
-                    i += 1;
-                }
-                Instruction::Setfacl { acl, file } => {
-                    permissions::set_acl(file, acl, &mut self.ids)?;
-                    self.summary.permissions += 1;
-                    i += 1;
-                }
-                Instruction::Semanage { context, .. } => {
-                    // One external call for a run of paths sharing a context.
-                    let end = instructions[i..]
-                        .iter()
-                        .position(|ins| !matches!(ins, Instruction::Semanage { context: c, .. } if c == context))
-                        .map_or(instructions.len(), |n| i + n);
-                    let paths: Vec<PathBuf> = instructions[i..end]
-                        .iter()
-                        .filter_map(|ins| match ins {
-                            Instruction::Semanage { file, .. } => Some(file.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    for real in permissions::set_context(context, &paths)? {
-                        let mut line = b"semanage\0".to_vec();
-                        line.extend_from_slice(real.as_os_str().as_bytes());
-                        self.record(&line, &real)?;
+                other => {
+                    // Permissions apply to installed files: every copy before them finishes.
+                    if !pending.is_empty() {
+                        self.hand_out(instructions, &mut pending, pool)?;
+                        in_flight = true;
                     }
-                    self.summary.permissions += paths.len();
-                    i = end;
+                    if in_flight {
+                        self.finish_copies(pool)?;
+                        in_flight = false;
+                    }
+                    i = self.apply(instructions, i, other)?;
                 }
             }
+        }
+        if !pending.is_empty() {
+            self.hand_out(instructions, &mut pending, pool)?;
+            in_flight = true;
+        }
+        if in_flight {
+            self.finish_copies(pool)?;
         }
         Ok(())
     }
 
-    fn copy_batch(&mut self, batch: &[Instruction]) -> Result<(), InstallError> {
-        // Write-ahead: every destination is in the cleanup file before any byte of it exists.
+    /// Records `pending` copies in the cleanup file (write-ahead), then starts them.
+    fn hand_out(
+        &mut self,
+        instructions: &[Instruction],
+        pending: &mut Vec<usize>,
+        pool: Option<&Pool<'_>>,
+    ) -> Result<(), InstallError> {
+        if let Some(e) = pool.and_then(Pool::failed) {
+            return Err(e);
+        }
         let mut lines = Vec::new();
-        for ins in batch {
-            if let Instruction::Copy { destination, .. } = ins {
+        for &n in pending.iter() {
+            if let Instruction::Copy { destination, .. } = &instructions[n] {
                 let bytes = destination.as_os_str().as_bytes();
                 if bytes.contains(&b'\n') {
                     return Err(InstallError::NewlineInPath(destination.clone()));
@@ -423,52 +580,89 @@ impl Execution<'_> {
         self.cleanup
             .write_all(&lines)
             .map_err(io_err("write", self.cleanup_path))?;
-
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 8);
-        let next = AtomicUsize::new(0);
-        let preserve_owner = self.preserve_owner;
-        let overwritten = &self.overwritten;
-        let first_error = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers.min(batch.len()))
-                .map(|_| {
-                    scope.spawn(|| -> Result<(), InstallError> {
-                        loop {
-                            let n = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(Instruction::Copy {
-                                source,
-                                destination,
-                                symlink,
-                            }) = batch.get(n)
-                            else {
-                                return Ok(());
-                            };
-                            let replace = overwritten.contains(destination);
-                            copy_one(source, destination, *symlink, replace, preserve_owner)?;
-                        }
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(InstallError::Io {
-                            what: "copy (worker panicked)",
-                            path: PathBuf::new(),
-                            source: io::Error::other("copy worker panicked"),
-                        })
-                    })
-                })
-                .find_map(Result::err)
-        });
-        if let Some(e) = first_error {
-            return Err(e);
+        match pool {
+            Some(pool) => pool.submit(pending.drain(..)),
+            None => {
+                for n in pending.drain(..) {
+                    if let Instruction::Copy {
+                        source,
+                        destination,
+                        symlink,
+                    } = &instructions[n]
+                    {
+                        let replace = self.overwritten.contains(destination);
+                        copy_one(source, destination, *symlink, replace, self.preserve_owner)?;
+                        self.summary.copied += 1;
+                    }
+                }
+                (self.progress)(self.summary.copied, self.total_copies);
+            }
         }
-        self.summary.copied += batch.len();
-        (self.progress)(self.summary.copied, self.total_copies);
         Ok(())
+    }
+
+    /// Waits for every copy handed out so far.
+    fn finish_copies(&mut self, pool: Option<&Pool<'_>>) -> Result<(), InstallError> {
+        if let Some(pool) = pool {
+            self.summary.copied = pool.wait()?;
+            (self.progress)(self.summary.copied, self.total_copies);
+        }
+        Ok(())
+    }
+
+    /// The permission instruction at `i` (a run of SELinux contexts at once); returns the index
+    /// of the next instruction.
+    fn apply(
+        &mut self,
+        instructions: &[Instruction],
+        i: usize,
+        ins: &Instruction,
+    ) -> Result<usize, InstallError> {
+        match ins {
+            Instruction::Copy { .. } | Instruction::Mkdir { .. } => {}
+            Instruction::Chmod { mode, file } => {
+                permissions::chmod(file, mode.bits)?;
+                self.summary.permissions += 1;
+            }
+            Instruction::Chown { owner, group, file } => {
+                let uid = owner
+                    .as_deref()
+                    .map(|o| self.ids.uid(o, file))
+                    .transpose()?;
+                let gid = group
+                    .as_deref()
+                    .map(|g| self.ids.gid(g, file))
+                    .transpose()?;
+                permissions::chown(file, uid, gid)?;
+                self.summary.permissions += 1;
+            }
+            Instruction::Setfacl { acl, file } => {
+                permissions::set_acl(file, acl, &mut self.ids)?;
+                self.summary.permissions += 1;
+            }
+            Instruction::Semanage { context, .. } => {
+                // One external call for a run of paths sharing a context.
+                let end = instructions[i..]
+                    .iter()
+                    .position(|ins| !matches!(ins, Instruction::Semanage { context: c, .. } if c == context))
+                    .map_or(instructions.len(), |n| i + n);
+                let paths: Vec<PathBuf> = instructions[i..end]
+                    .iter()
+                    .filter_map(|ins| match ins {
+                        Instruction::Semanage { file, .. } => Some(file.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                for real in permissions::set_context(context, &paths)? {
+                    let mut line = b"semanage\0".to_vec();
+                    line.extend_from_slice(real.as_os_str().as_bytes());
+                    self.record(&line, &real)?;
+                }
+                self.summary.permissions += paths.len();
+                return Ok(end);
+            }
+        }
+        Ok(i + 1)
     }
 }
 
@@ -519,7 +713,7 @@ fn copy_one(
         .mode(mode)
         .open(destination)
         .map_err(io_err("create", destination))?;
-    io::copy(&mut src, &mut dst).map_err(io_err("copy to", destination))?;
+    copy_data(&mut src, &mut dst, meta.len()).map_err(io_err("copy to", destination))?;
     if preserve_owner {
         nix::unistd::fchown(&dst, Some(meta.uid().into()), Some(meta.gid().into()))
             .map_err(|e| io_err("set owner of", destination)(e.into()))?;
@@ -532,6 +726,58 @@ fn copy_one(
         .set_modified(meta.modified().map_err(io_err("stat", source))?);
     dst.set_times(times)
         .map_err(io_err("set times of", destination))?;
+    Ok(())
+}
+
+/// Copies `len` bytes (the source's size) with `copy_file_range` straight away, then checks the
+/// source is at its end; `io::copy` does the same after an `fstat` and an `fcntl` on each side
+/// to choose that path, which is four system calls of nine per small file. Falls back to
+/// `io::copy` where the kernel cannot copy between these files.
+fn copy_data(src: &mut File, dst: &mut File, len: u64) -> io::Result<()> {
+    use nix::errno::Errno;
+    let mut left = len;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        // SAFETY: both descriptors are open files borrowed for the call; null offsets mean
+        // "use and advance the file positions".
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                std::ptr::null_mut(),
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                chunk,
+                0,
+            )
+        };
+        let result = if n < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(n.unsigned_abs())
+        };
+        match result {
+            // The source shrank: what is left is read below (nothing).
+            Ok(0) => break,
+            Ok(n) => left = left.saturating_sub(n as u64),
+            Err(Errno::EINTR) => {}
+            // Nothing copied yet and the kernel cannot do it here (old kernel, another
+            // filesystem kind, a special file): the generic path.
+            Err(
+                Errno::ENOSYS | Errno::EXDEV | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::EPERM,
+            ) if left == len => {
+                return io::copy(src, dst).map(drop);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // A source that grew since its `fstat`: copy the rest like `io::copy` would.
+    if left == 0 && len > 0 {
+        let mut probe = [0u8; 1];
+        if io::Read::read(src, &mut probe)? == 1 {
+            dst.write_all(&probe)?;
+            io::copy(src, dst)?;
+        }
+    }
     Ok(())
 }
 

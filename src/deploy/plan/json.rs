@@ -10,7 +10,17 @@ use super::{InstallPlan, Instruction};
 
 #[derive(Serialize)]
 struct InstallJson<'a> {
-    instructions: Vec<Record<'a>>,
+    instructions: Records<'a>,
+}
+
+/// The instructions as records, serialized one at a time (a plan of 100,000 files makes a
+/// document of tens of MiB; it is streamed to the file, never held whole).
+struct Records<'a>(&'a [Instruction]);
+
+impl Serialize for Records<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(record))
+    }
 }
 
 /// Serde writes the tag first, then the fields in declaration order.
@@ -62,46 +72,58 @@ fn text(path: &Path) -> Cow<'_, str> {
 impl InstallPlan {
     /// The `-install.json` text: `{"instructions":[...]}`, compact, keys in the AWS order.
     pub fn to_install_json(&self) -> String {
-        let instructions = self
-            .instructions
-            .iter()
-            .map(|instruction| match instruction {
-                Instruction::Copy {
-                    source,
-                    destination,
-                    ..
-                } => Record::Copy {
-                    source: text(source),
-                    destination: text(destination),
-                },
-                Instruction::Mkdir { directory } => Record::Mkdir {
-                    directory: text(directory),
-                },
-                Instruction::Chmod { mode, file } => Record::Chmod {
-                    mode: &mode.text,
-                    file: text(file),
-                },
-                Instruction::Setfacl { acl, file } => Record::Setfacl {
-                    acl: acl.iter().map(ToString::to_string).collect(),
-                    file: text(file),
-                },
-                Instruction::Semanage { context, file } => Record::Semanage {
-                    context: Context {
-                        user: context.user.as_deref(),
-                        role: None,
-                        type_: &context.type_,
-                        range: context.range.as_ref().map(ToString::to_string),
-                    },
-                    file: text(file),
-                },
-                Instruction::Chown { owner, group, file } => Record::Chown {
-                    owner: owner.as_deref(),
-                    group: group.as_deref(),
-                    file: text(file),
-                },
-            })
-            .collect();
-        serde_json::to_string(&InstallJson { instructions })
-            .expect("serializing strings, options and vectors of strings cannot fail")
+        let mut out = Vec::new();
+        self.write_install_json(&mut out)
+            .expect("serializing strings, options and vectors of strings into memory cannot fail");
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+
+    /// [`Self::to_install_json`], streamed to `w`.
+    pub fn write_install_json(&self, w: impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(
+            w,
+            &InstallJson {
+                instructions: Records(&self.instructions),
+            },
+        )
+        .map_err(std::io::Error::other)
+    }
+}
+
+fn record(instruction: &Instruction) -> Record<'_> {
+    match instruction {
+        Instruction::Copy {
+            source,
+            destination,
+            ..
+        } => Record::Copy {
+            source: text(source),
+            destination: text(destination),
+        },
+        Instruction::Mkdir { directory } => Record::Mkdir {
+            directory: text(directory),
+        },
+        Instruction::Chmod { mode, file } => Record::Chmod {
+            mode: &mode.text,
+            file: text(file),
+        },
+        Instruction::Setfacl { acl, file } => Record::Setfacl {
+            acl: acl.iter().map(ToString::to_string).collect(),
+            file: text(file),
+        },
+        Instruction::Semanage { context, file } => Record::Semanage {
+            context: Context {
+                user: context.user.as_deref(),
+                role: None,
+                type_: &context.type_,
+                range: context.range.as_ref().map(ToString::to_string),
+            },
+            file: text(file),
+        },
+        Instruction::Chown { owner, group, file } => Record::Chown {
+            owner: owner.as_deref(),
+            group: group.as_deref(),
+            file: text(file),
+        },
     }
 }

@@ -72,7 +72,9 @@ pub(super) fn unpack(cx: &mut Cx<'_>, gzip: bool) -> Result<(), UnpackError> {
     }
     let reader = BufReader::with_capacity(READ_BUFFER, open()?);
     if gzip {
-        let rest = extract(cx, MultiGzDecoder::new(reader))?;
+        // Decompression runs on its own thread, a few chunks ahead of the extraction, as
+        // `tar -xz` runs gzip next to tar.
+        let rest = extract(cx, ReadAhead::new(MultiGzDecoder::new(reader)))?;
         drain_gzip(cx, rest)
     } else {
         extract(cx, reader).map(drop)
@@ -82,6 +84,114 @@ pub(super) fn unpack(cx: &mut Cx<'_>, gzip: bool) -> Result<(), UnpackError> {
 /// Reads a tgz to its end after the tar end-of-archive blocks, so a truncated or corrupt
 /// gzip stream (a missing CRC trailer) is noticed as GNU tar notices it. Trailing data beyond
 /// [`MAX_TRAILING`] is refused rather than decompressed without end.
+/// Size of one chunk the read-ahead thread hands over.
+const READ_AHEAD_CHUNK: usize = 256 * 1024;
+/// Chunks decoded ahead of the consumer (memory: this many chunks plus one on each side).
+const READ_AHEAD_DEPTH: usize = 4;
+
+/// Reads `R` on its own thread, up to [`READ_AHEAD_DEPTH`] chunks ahead of the consumer. The
+/// bytes and the errors are the ones `R` produced, in order; after an error the stream ends.
+struct ReadAhead {
+    rx: Option<std::sync::mpsc::Receiver<io::Result<Vec<u8>>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    fn new<R: Read + Send + 'static>(mut inner: R) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("unpack-read".into())
+            .spawn(move || {
+                loop {
+                    let mut chunk = vec![0u8; READ_AHEAD_CHUNK];
+                    let mut filled = 0;
+                    let mut failed = None;
+                    while filled < chunk.len() {
+                        match inner.read(&mut chunk[filled..]) {
+                            Ok(0) => break,
+                            Ok(n) => filled += n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    chunk.truncate(filled);
+                    let end = filled < READ_AHEAD_CHUNK;
+                    // A consumer that went away (an error on its side) ends the thread.
+                    if filled > 0 && tx.send(Ok(chunk)).is_err() {
+                        return;
+                    }
+                    if let Some(e) = failed {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                    if end {
+                        return;
+                    }
+                }
+            });
+        match thread {
+            Ok(thread) => Self {
+                rx: Some(rx),
+                chunk: Vec::new(),
+                pos: 0,
+                thread: Some(thread),
+            },
+            // No thread: the error is what the first read returns.
+            Err(e) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let _ = tx.send(Err(e));
+                Self {
+                    rx: Some(rx),
+                    chunk: Vec::new(),
+                    pos: 0,
+                    thread: None,
+                }
+            }
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            let Some(rx) = &self.rx else { return Ok(0) };
+            match rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.rx = None;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.rx = None;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Closing the channel first lets a thread blocked on a full channel stop.
+        self.rx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn drain_gzip<R: Read>(cx: &Cx<'_>, rest: R) -> Result<(), UnpackError> {
     let mut limited = rest.take(MAX_TRAILING + 1);
     let n = io::copy(&mut limited, &mut io::sink()).map_err(|e| cx.corrupt(e))?;
