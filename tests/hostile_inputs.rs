@@ -813,9 +813,58 @@ fn enormous_hook_output_keeps_the_agent_memory_bounded() {
         stdout,
         stderr: String::new(),
     });
+    // Disk stays bounded too (scripts_log_max_size, default 64 MiB): scripts.log rotates, and
+    // the hook's captured output file has its old output punched out. What reaches scripts.log
+    // depends on how far the agent's reader keeps up; a punched stretch is noted there.
+    const CAP: u64 = 64 << 20;
     let log = dir.join("logs/scripts.log");
     let size = fs::metadata(&log).expect("scripts.log").len();
-    assert!(size > 200_000_000, "all output logged: {size}");
+    assert!(size <= CAP + 4096, "scripts.log rotates at the cap: {size}");
+    let mut listing = Vec::new();
+    let mut stack = vec![dir.join("logs")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read logs") {
+            let e = e.expect("entry");
+            let m = e.metadata().expect("metadata");
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                listing.push(format!(
+                    "{} {} {}",
+                    e.path().display(),
+                    m.len(),
+                    m.blocks() * 512
+                ));
+            }
+        }
+    }
+    let hook_output: u64 = listing
+        .iter()
+        .filter(|l| l.contains("/hooks/"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        hook_output <= CAP + CAP / 4 + (1 << 20),
+        "the hook's output file keeps at most about the cap on disk: {listing:#?}"
+    );
+    // Every scripts.log file (live and rotated, at most scripts_log_max_files of them) is
+    // within the cap, so the logs' disk use is bounded whatever a hook prints.
+    for line in listing.iter().filter(|l| l.contains("/scripts.log")) {
+        let bytes: u64 = line
+            .rsplit(' ')
+            .nth(1)
+            .and_then(|b| b.parse().ok())
+            .expect("size");
+        assert!(bytes <= CAP + 4096, "{line}: over the cap: {listing:#?}");
+    }
+    let rotated = listing
+        .iter()
+        .filter(|l| l.contains("/scripts.log."))
+        .count();
+    assert!(
+        (1..=8).contains(&rotated),
+        "scripts.log rotated and kept at most 8: {listing:#?}"
+    );
     let tail = {
         let mut f = fs::File::open(&log).expect("open");
         use std::io::{Read, Seek, SeekFrom};
