@@ -49,7 +49,7 @@ fn copy_destinations(plan: &plan::InstallPlan) -> Vec<PathBuf> {
     plan.instructions
         .iter()
         .filter_map(|i| match i {
-            Instruction::Copy { destination, .. } => Some(destination.clone()),
+            Instruction::Copy { destination, .. } => Some(destination.to_path_buf()),
             _ => None,
         })
         .collect()
@@ -197,8 +197,8 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         .instructions
         .iter()
         .filter_map(|i| match i {
-            Instruction::Copy { destination, .. } => Some(destination.as_path()),
-            Instruction::Mkdir { directory } => Some(directory.as_path()),
+            Instruction::Copy { destination, .. } => Some(&**destination),
+            Instruction::Mkdir { directory } => Some(&**directory),
             _ => None,
         })
         .collect();
@@ -224,10 +224,10 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                 destination,
                 symlink,
             } => {
-                let verb = if previous_set.contains(destination.as_path()) {
+                let verb = if previous_set.contains(&**destination) {
                     counts.0 += 1;
                     "replace"
-                } else if overwritten.contains(destination.as_path()) {
+                } else if overwritten.contains(&**destination) {
                     counts.1 += 1;
                     "overwrite"
                 } else {

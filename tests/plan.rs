@@ -112,29 +112,31 @@ fn perm(object: &str, line: usize) -> Permission {
 
 fn copy(source: PathBuf, destination: PathBuf) -> Instruction {
     Instruction::Copy {
-        source,
-        destination,
+        source: source.into(),
+        destination: destination.into(),
         symlink: false,
     }
 }
 
 fn link_copy(source: PathBuf, destination: PathBuf) -> Instruction {
     Instruction::Copy {
-        source,
-        destination,
+        source: source.into(),
+        destination: destination.into(),
         symlink: true,
     }
 }
 
 fn mkdir(directory: PathBuf) -> Instruction {
-    Instruction::Mkdir { directory }
+    Instruction::Mkdir {
+        directory: directory.into(),
+    }
 }
 
 fn chown(file: PathBuf) -> Instruction {
     Instruction::Chown {
-        owner: Some("app".to_owned()),
+        owner: Some("app".into()),
         group: None,
-        file,
+        file: file.into(),
     }
 }
 
@@ -143,7 +145,7 @@ fn chowned(plan: &plan::InstallPlan) -> Vec<PathBuf> {
     plan.instructions
         .iter()
         .filter_map(|i| match i {
-            Instruction::Chown { file, .. } => Some(file.clone()),
+            Instruction::Chown { file, .. } => Some(file.to_path_buf()),
             _ => None,
         })
         .collect()
@@ -891,21 +893,21 @@ fn instructions_run_files_first_then_chmod_setfacl_semanage_chown_per_object() {
     for file in [f.d("srv/x"), f.d("srv/y")] {
         want.extend([
             Instruction::Chmod {
-                mode: p.mode.clone().expect("mode"),
-                file: file.clone(),
+                mode: p.mode.clone().expect("mode").into(),
+                file: file.clone().into(),
             },
             Instruction::Setfacl {
-                acl: p.acls.clone(),
-                file: file.clone(),
+                acl: p.acls.clone().into(),
+                file: file.clone().into(),
             },
             Instruction::Semanage {
-                context: p.context.clone().expect("context"),
-                file: file.clone(),
+                context: p.context.clone().expect("context").into(),
+                file: file.clone().into(),
             },
             Instruction::Chown {
-                owner: Some("app".to_owned()),
-                group: Some("web".to_owned()),
-                file,
+                owner: Some("app".into()),
+                group: Some("web".into()),
+                file: file.into(),
             },
         ]);
     }
@@ -991,8 +993,9 @@ fn install_json_semanage_without_range_writes_null() {
                 user: None,
                 type_: "t".to_owned(),
                 range: None,
-            },
-            file: PathBuf::from("/srv/a \"b\""),
+            }
+            .into(),
+            file: PathBuf::from("/srv/a \"b\"").into(),
         }],
     };
     assert_eq!(

@@ -168,11 +168,11 @@ pub fn resolve_conflicts(
         {
             match &behavior {
                 Ok(FileExistsBehavior::Disallow) => {
-                    return Err(InstallError::FileExists(destination.clone()));
+                    return Err(InstallError::FileExists(destination.to_path_buf()));
                 }
-                Ok(FileExistsBehavior::Overwrite) => overwritten.push(destination.clone()),
+                Ok(FileExistsBehavior::Overwrite) => overwritten.push(destination.to_path_buf()),
                 Ok(FileExistsBehavior::Retain) => {
-                    retained.push(destination.clone());
+                    retained.push(destination.to_path_buf());
                     continue;
                 }
                 Err(value) => {
@@ -235,7 +235,7 @@ pub fn install_with_progress(
                         Instruction::Copy { destination, .. }
                             if fs::symlink_metadata(destination).is_ok() =>
                         {
-                            Some(destination.clone())
+                            Some(destination.to_path_buf())
                         }
                         _ => None,
                     })
@@ -409,7 +409,7 @@ impl Pool<'_> {
                     source,
                     destination,
                     *symlink,
-                    overwritten.contains(destination),
+                    overwritten.contains(&**destination),
                     preserve_owner,
                 ),
                 _ => Ok(()),
@@ -571,7 +571,7 @@ impl Execution<'_> {
             if let Instruction::Copy { destination, .. } = &instructions[n] {
                 let bytes = destination.as_os_str().as_bytes();
                 if bytes.contains(&b'\n') {
-                    return Err(InstallError::NewlineInPath(destination.clone()));
+                    return Err(InstallError::NewlineInPath(destination.to_path_buf()));
                 }
                 lines.extend_from_slice(bytes);
                 lines.push(b'\n');
@@ -590,7 +590,7 @@ impl Execution<'_> {
                         symlink,
                     } = &instructions[n]
                     {
-                        let replace = self.overwritten.contains(destination);
+                        let replace = self.overwritten.contains(&**destination);
                         copy_one(source, destination, *symlink, replace, self.preserve_owner)?;
                         self.summary.copied += 1;
                     }
@@ -649,7 +649,7 @@ impl Execution<'_> {
                 let paths: Vec<PathBuf> = instructions[i..end]
                     .iter()
                     .filter_map(|ins| match ins {
-                        Instruction::Semanage { file, .. } => Some(file.clone()),
+                        Instruction::Semanage { file, .. } => Some(file.to_path_buf()),
                         _ => None,
                     })
                     .collect();

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::Instruction;
 use super::bundle::{Bundle, EntryKind, Source};
@@ -14,8 +15,8 @@ use crate::appspec::{FileExistsBehavior, FileMapping};
 /// A destination the plan copies a bundle entry to.
 #[derive(Debug)]
 pub(super) struct CopyTarget {
-    /// The bundle path copied from, as recorded in the instruction.
-    pub source: PathBuf,
+    /// The bundle path copied from, shared with the instruction.
+    pub source: Arc<Path>,
     /// `Some(link text)` when the entry is a symlink installed as a symlink.
     pub link_target: Option<PathBuf>,
     /// Index of the `files` entry that produced it.
@@ -41,10 +42,10 @@ pub(super) struct Files<'a> {
     /// What is on disk (the real file system, or a preview of it after a cleanup).
     pub view: &'a DiskView,
     pub instructions: Vec<Instruction>,
-    /// Keyed by normalised absolute destination.
-    pub copies: HashMap<PathBuf, CopyTarget>,
-    /// Keyed by normalised absolute directory.
-    pub mkdirs: HashMap<PathBuf, MkdirTarget>,
+    /// Keyed by normalised absolute destination (shared with the instruction).
+    pub copies: HashMap<Arc<Path>, CopyTarget>,
+    /// Keyed by normalised absolute directory (shared with the instruction).
+    pub mkdirs: HashMap<Arc<Path>, MkdirTarget>,
     pub problems: Vec<Problem>,
 }
 
@@ -187,24 +188,26 @@ impl<'a> Files<'a> {
         link_target: Option<PathBuf>,
         mapping: usize,
     ) {
-        if let Some(previous) = self.copies.get(&destination) {
+        if let Some(previous) = self.copies.get(destination.as_path()) {
             let kind = ProblemKind::DuplicateDestination {
                 src: source,
-                previous: previous.source.clone(),
+                previous: previous.source.to_path_buf(),
                 destination,
             };
             return self.problem(kind, mapping);
         }
-        if self.mkdirs.contains_key(&destination) {
+        if self.mkdirs.contains_key(destination.as_path()) {
             let kind = ProblemKind::CopyOntoDirectory {
                 src: source,
                 destination,
             };
             return self.problem(kind, mapping);
         }
+        let source: Arc<Path> = Arc::from(source);
+        let destination: Arc<Path> = Arc::from(destination);
         self.instructions.push(Instruction::Copy {
-            source: source.clone(),
-            destination: destination.clone(),
+            source: Arc::clone(&source),
+            destination: Arc::clone(&destination),
             symlink: link_target.is_some(),
         });
         let order = self.copies.len();
@@ -221,18 +224,19 @@ impl<'a> Files<'a> {
 
     /// `CommandBuilder#mkdir`: a repeated mkdir is merged silently.
     fn mkdir(&mut self, directory: PathBuf, mapping: usize) {
-        if let Some(copy) = self.copies.get(&directory) {
+        if let Some(copy) = self.copies.get(directory.as_path()) {
             let kind = ProblemKind::DirectoryOntoCopy {
                 directory,
-                copied_from: copy.source.clone(),
+                copied_from: copy.source.to_path_buf(),
             };
             return self.problem(kind, mapping);
         }
-        if self.mkdirs.contains_key(&directory) {
+        if self.mkdirs.contains_key(directory.as_path()) {
             return;
         }
+        let directory: Arc<Path> = Arc::from(directory);
         self.instructions.push(Instruction::Mkdir {
-            directory: directory.clone(),
+            directory: Arc::clone(&directory),
         });
         let order = self.mkdirs.len();
         self.mkdirs

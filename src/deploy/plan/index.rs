@@ -3,6 +3,7 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::files::Files;
 use super::paths::dir_prefix;
@@ -18,7 +19,7 @@ pub(super) enum TargetKind {
 /// One copy or mkdir target.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Target<'a> {
-    pub path: &'a Path,
+    pub path: &'a Arc<Path>,
     pub kind: TargetKind,
     /// Position among the targets of the same kind, in instruction order.
     pub order: usize,

@@ -4,7 +4,8 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use super::Instruction;
 use super::error::{Problem, ProblemKind};
@@ -12,32 +13,61 @@ use super::files::Files;
 use super::index::{Index, Target, TargetKind};
 use super::paths::{dir_prefix, expand};
 use crate::appspec::pattern::Pattern;
-use crate::appspec::{ObjectType, Permission};
+use crate::appspec::{AclEntry, Mode, ObjectType, Permission, SeContext};
 
-/// Plans every permission entry, in order. Returns the chmod/setfacl/semanage/chown
-/// instructions; problems go to `problems`.
+/// Plans every permission entry, in order, appending the chmod/setfacl/semanage/chown
+/// instructions to `instructions`; problems go to `problems`.
 pub(super) fn plan(
     permissions: &[Permission],
     files: &Files<'_>,
     index: &Index<'_>,
+    instructions: &mut Vec<Instruction>,
     problems: &mut Vec<Problem>,
-) -> Vec<Instruction> {
+) {
     let mut planner = Planner {
-        instructions: Vec::new(),
+        instructions,
         already_set: HashSet::new(),
         problems,
     };
     for permission in permissions {
         planner.add(permission, files, index);
     }
-    planner.instructions
 }
 
 struct Planner<'p> {
-    instructions: Vec<Instruction>,
+    instructions: &'p mut Vec<Instruction>,
     /// Paths some permission entry already applies to (`@permission_targets`).
-    already_set: HashSet<PathBuf>,
+    already_set: HashSet<Arc<Path>>,
     problems: &'p mut Vec<Problem>,
+}
+
+/// One permission entry's instructions, shared by every path it applies to.
+struct Shared {
+    mode: Option<Arc<Mode>>,
+    acl: Option<Arc<[AclEntry]>>,
+    context: Option<Arc<SeContext>>,
+    owner: Option<Arc<str>>,
+    group: Option<Arc<str>>,
+}
+
+impl Shared {
+    fn new(permission: &Permission) -> Shared {
+        Shared {
+            mode: permission.mode.clone().map(Arc::new),
+            acl: (!permission.acls.is_empty()).then(|| Arc::from(permission.acls.as_slice())),
+            context: permission.context.clone().map(Arc::new),
+            owner: permission.owner.as_deref().map(Arc::from),
+            group: permission.group.as_deref().map(Arc::from),
+        }
+    }
+
+    /// How many instructions each path gets.
+    fn per_path(&self) -> usize {
+        usize::from(self.mode.is_some())
+            + usize::from(self.acl.is_some())
+            + usize::from(self.context.is_some())
+            + usize::from(self.owner.is_some() || self.group.is_some())
+    }
 }
 
 impl Planner<'_> {
@@ -52,13 +82,13 @@ impl Planner<'_> {
         if let Some((link, link_target)) = through {
             let kind = ProblemKind::PermissionThroughSymlink {
                 object,
-                link: link.clone(),
+                link: link.to_path_buf(),
                 link_target: link_target.clone(),
             };
             return self.problem(kind, permission);
         }
 
-        if let Some(copy) = files.copies.get(&object) {
+        if let Some((key, copy)) = files.copies.get_key_value(object.as_path()) {
             // The object is a file this deployment copies: only `type: file` applies.
             if !permission.applies_to(ObjectType::File) {
                 return;
@@ -88,8 +118,9 @@ impl Planner<'_> {
             if has_default_acl(permission) {
                 return self.problem(ProblemKind::DefaultAclOnFile { file: object }, permission);
             }
-            self.set(object, permission);
-        } else if files.mkdirs.contains_key(&object) || files.view.is_dir(&object) {
+            let shared = Shared::new(permission);
+            self.set(Arc::clone(key), &shared, permission);
+        } else if files.mkdirs.contains_key(object.as_path()) || files.view.is_dir(&object) {
             let matches = find_matches(permission, &object, index);
             if has_default_acl(permission)
                 && let Some(file) = matches.iter().find(|t| t.kind == TargetKind::Copy)
@@ -97,41 +128,46 @@ impl Planner<'_> {
                 let file = file.path.to_path_buf();
                 return self.problem(ProblemKind::DefaultAclOnFile { file }, permission);
             }
+            let shared = Shared::new(permission);
+            self.instructions
+                .reserve_exact(matches.len().saturating_mul(shared.per_path()));
             for target in matches {
-                self.set(target.path.to_path_buf(), permission);
+                self.set(Arc::clone(target.path), &shared, permission);
             }
         }
     }
 
     /// `CommandBuilder#set_permissions`: chmod, setfacl, semanage, chown, each when given.
-    fn set(&mut self, file: PathBuf, permission: &Permission) {
+    fn set(&mut self, file: Arc<Path>, shared: &Shared, permission: &Permission) {
         if self.already_set.contains(&file) {
-            let kind = ProblemKind::PermissionSetTwice { path: file };
+            let kind = ProblemKind::PermissionSetTwice {
+                path: file.to_path_buf(),
+            };
             return self.problem(kind, permission);
         }
-        if let Some(mode) = &permission.mode {
+        if let Some(mode) = &shared.mode {
             self.instructions.push(Instruction::Chmod {
-                mode: mode.clone(),
-                file: file.clone(),
+                mode: Arc::clone(mode),
+                file: Arc::clone(&file),
             });
         }
-        if !permission.acls.is_empty() {
+        if let Some(acl) = &shared.acl {
             self.instructions.push(Instruction::Setfacl {
-                acl: permission.acls.clone(),
-                file: file.clone(),
+                acl: Arc::clone(acl),
+                file: Arc::clone(&file),
             });
         }
-        if let Some(context) = &permission.context {
+        if let Some(context) = &shared.context {
             self.instructions.push(Instruction::Semanage {
-                context: context.clone(),
-                file: file.clone(),
+                context: Arc::clone(context),
+                file: Arc::clone(&file),
             });
         }
-        if permission.owner.is_some() || permission.group.is_some() {
+        if shared.owner.is_some() || shared.group.is_some() {
             self.instructions.push(Instruction::Chown {
-                owner: permission.owner.clone(),
-                group: permission.group.clone(),
-                file: file.clone(),
+                owner: shared.owner.clone(),
+                group: shared.group.clone(),
+                file: Arc::clone(&file),
             });
         }
         self.already_set.insert(file);
