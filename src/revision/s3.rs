@@ -10,11 +10,12 @@
 //! way is resumed from the last byte written with a ranged GET (`If-Match` on the ETag), up to
 //! [`Tuning::body_attempts`] times per range.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -345,16 +346,10 @@ impl S3Fetcher {
                 actual,
             });
         }
-        // A single-part upload's ETag is the hex MD5 of the data, unless the object is
-        // encrypted with SSE-KMS or SSE-C. A multipart ETag is `<md5 of the part md5s>-<parts>`
-        // and cannot be checked without the part boundaries, so those objects are only checked
-        // for their length (and, on single GETs, by the SDK's CRC checksum when S3 sent one).
-        let md5_etag = strip_quotes(&fetched.etag);
-        let md5_verified = !fetched.opaque_etag
-            && md5_etag.len() == 32
-            && md5_etag.bytes().all(|b| b.is_ascii_hexdigit());
-        if md5_verified {
-            let actual = file_md5(dest)?;
+        // The MD5 was computed while the bytes were written (see `md5_checkable`).
+        let md5_verified = fetched.md5.is_some();
+        if let Some(actual) = fetched.md5 {
+            let md5_etag = strip_quotes(&fetched.etag);
             if !actual.eq_ignore_ascii_case(md5_etag) {
                 return Err(S3FetchError::Corrupt {
                     bucket: target.bucket.clone(),
@@ -431,6 +426,15 @@ fn strip_quotes(etag: &str) -> &str {
     etag.trim_matches('"')
 }
 
+/// A single-part upload's ETag is the hex MD5 of the data, unless the object is encrypted
+/// with SSE-KMS or SSE-C (`opaque`). A multipart ETag is `<md5 of the part md5s>-<parts>` and
+/// cannot be checked without the part boundaries, so those objects are only checked for their
+/// length (and, on single GETs, by the SDK's CRC checksum when S3 sent one).
+fn md5_checkable(etag: &str, opaque: bool) -> bool {
+    let etag = strip_quotes(etag);
+    !opaque && etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// What every range of one download shares.
 #[derive(Debug)]
 struct Target {
@@ -496,8 +500,8 @@ struct Fetched {
     etag: String,
     version_id: Option<String>,
     requests: usize,
-    /// SSE-KMS and SSE-C objects have ETags that are not the MD5 of their data.
-    opaque_etag: bool,
+    /// The hex MD5 of the data, when the ETag is one to compare it with.
+    md5: Option<String>,
 }
 
 async fn download(
@@ -551,6 +555,7 @@ async fn download(
         file,
         path: dest.to_path_buf(),
         attempts: tuning.body_attempts,
+        md5: md5_checkable(&etag, opaque_etag).then(OrderedMd5::default),
     });
     let GetObjectOutput { body, .. } = first;
     let mut requests = 1;
@@ -586,6 +591,17 @@ async fn download(
             })??;
         }
     }
+    let md5 = match &ranges.md5 {
+        Some(m) => Some(
+            m.finish(&ranges.file, total)
+                .map_err(|source| S3FetchError::Io {
+                    what: "read",
+                    path: dest.to_path_buf(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     ranges.file.sync_all().map_err(|source| S3FetchError::Io {
         what: "write",
         path: dest.to_path_buf(),
@@ -596,7 +612,7 @@ async fn download(
         etag,
         version_id,
         requests,
-        opaque_etag,
+        md5,
     })
 }
 
@@ -607,6 +623,8 @@ struct Ranges {
     file: Arc<File>,
     path: PathBuf,
     attempts: u32,
+    /// Fed with every write when the ETag is an MD5.
+    md5: Option<OrderedMd5>,
 }
 
 impl Ranges {
@@ -680,6 +698,10 @@ impl Ranges {
             self.file
                 .write_all_at(&chunk, *pos)
                 .map_err(|e| format!("could not write {}: {e}", self.path.display()))?;
+            if let Some(md5) = &self.md5 {
+                md5.written(&self.file, *pos, &chunk)
+                    .map_err(|e| format!("could not read {}: {e}", self.path.display()))?;
+            }
             *pos += len;
         }
         Ok(())
@@ -712,27 +734,101 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-fn file_md5(path: &Path) -> Result<String, S3FetchError> {
-    let io = |source| S3FetchError::Io {
-        what: "read",
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = File::open(path).map_err(io)?;
-    let mut hasher = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+/// The MD5 of a file written in pieces, in any order, computed as they are written: bytes
+/// at the hashed frontier go straight into the hasher; pieces written further on are noted,
+/// and read back (from the page cache) once every byte before them has been hashed. A single
+/// GET is hashed entirely from its chunks; with ranged GETs, the range at the frontier is, and
+/// the ranges that finished ahead of it are read back as soon as it reaches them, while the
+/// rest of the download is still running. Either way no second pass over the file remains.
+#[derive(Default)]
+struct OrderedMd5 {
+    state: Mutex<Md5State>,
+}
+
+#[derive(Default)]
+struct Md5State {
+    hasher: Md5,
+    /// Bytes `0..hashed` are in the hasher.
+    hashed: u64,
+    /// Written but not yet hashed: start -> end, each piece past `hashed`.
+    ahead: BTreeMap<u64, u64>,
+}
+
+/// Read-back buffer size when catching up with pieces written ahead of the frontier.
+const CATCH_UP_BUF: usize = 256 << 10;
+
+impl OrderedMd5 {
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, Md5State>> {
+        self.state
+            .lock()
+            .map_err(|_| io::Error::other("the MD5 state is poisoned"))
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+
+    /// `data` was just written to `file` at `pos`.
+    fn written(&self, file: &File, pos: u64, data: &[u8]) -> io::Result<()> {
+        let end = pos + data.len() as u64;
+        let mut st = self.lock()?;
+        if pos != st.hashed {
+            // Ahead of the frontier: extend this range's piece, or start one.
+            match st.ahead.range_mut(..=pos).next_back() {
+                Some((_, e)) if *e == pos => *e = end,
+                _ => {
+                    st.ahead.insert(pos, end);
+                }
+            }
+            return Ok(());
+        }
+        st.hasher.update(data);
+        st.hashed = end;
+        st.catch_up(file, None)
+    }
+
+    /// Hashes whatever is still unhashed of `0..total` (normally nothing) and returns the hex MD5.
+    fn finish(&self, file: &File, total: u64) -> io::Result<String> {
+        let mut st = self.lock()?;
+        st.catch_up(file, Some(total))?;
+        let hasher = std::mem::take(&mut st.hasher);
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+}
+
+impl Md5State {
+    /// Moves the frontier over the pieces written ahead that now touch it, reading them back
+    /// from `file`; with `upto`, over everything up to that offset.
+    fn catch_up(&mut self, file: &File, upto: Option<u64>) -> io::Result<()> {
+        let mut buf = Vec::new();
+        loop {
+            let target = match self.ahead.first_key_value() {
+                Some((&start, &end)) if start <= self.hashed => {
+                    self.ahead.remove(&start);
+                    end
+                }
+                _ => match upto {
+                    Some(upto) if upto > self.hashed => {
+                        self.ahead.clear();
+                        upto
+                    }
+                    _ => return Ok(()),
+                },
+            };
+            if buf.is_empty() {
+                buf = vec![0u8; CATCH_UP_BUF];
+            }
+            while self.hashed < target {
+                let n = usize::try_from(target - self.hashed)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let piece = &mut buf[..n];
+                file.read_exact_at(piece, self.hashed)?;
+                self.hasher.update(&*piece);
+                self.hashed += n as u64;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -818,6 +914,44 @@ mod tests {
         assert_eq!(parse_content_range("bytes 5-9/20"), None);
         assert_eq!(parse_content_range("bytes 0-9/*"), None);
         assert_eq!(parse_content_range("bytes 0-20/20"), None);
+    }
+
+    #[test]
+    fn md5_in_any_write_order() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let want: String = Md5::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // (offset, length) pieces: in order; ranges finishing out of order; one left unreported.
+        let orders: [&[(usize, usize)]; 3] = [
+            &[(0, 40_000), (40_000, 60_000)],
+            &[
+                (70_000, 10_000),
+                (80_000, 20_000),
+                (30_000, 40_000),
+                (0, 10_000),
+                (10_000, 20_000),
+            ],
+            &[(50_000, 50_000), (0, 20_000)],
+        ];
+        for (i, order) in orders.iter().enumerate() {
+            let path = dir.path().join(format!("f{i}"));
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .expect("create");
+            file.write_all_at(&data, 0).expect("write");
+            let md5 = OrderedMd5::default();
+            for &(at, len) in *order {
+                md5.written(&file, at as u64, &data[at..at + len])
+                    .expect("hash");
+            }
+            assert_eq!(md5.finish(&file, data.len() as u64).expect("finish"), want);
+        }
     }
 
     #[test]
