@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -253,34 +253,11 @@ struct State {
     request_counter: u64,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
+type Shared = super::shared::Shared<State>;
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Sleeps up to `d`, waking early when the service stops. Returns false if stopping.
-    fn sleep(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
-        let mut state = self.lock();
-        loop {
-            if state.stopping {
-                return false;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+impl super::shared::Stopping for State {
+    fn stopping(&self) -> bool {
+        self.stopping
     }
 }
 
@@ -300,14 +277,11 @@ impl FakeService {
     pub fn start_with(config: FakeConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                config,
-                ack_default: Some("InProgress".into()),
-                ..State::default()
-            }),
-            changed: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new(State {
+            config,
+            ack_default: Some("InProgress".into()),
+            ..State::default()
+        }));
         let acceptor = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod fake_codedeploy;
 pub mod fake_service;
 pub mod moto;
+pub mod shared;
 pub mod signing;
 
 use std::fs;
