@@ -220,6 +220,65 @@ pub struct Config {
     pub log_to_journal: bool,
     /// Ours: also send hook output lines to journald (off by default).
     pub hook_output_to_journal: bool,
+    /// v2: hooks start from `PATH`, `HOME` and `USER` plus the deployment variables instead
+    /// of the agent's whole environment.
+    pub restrict_hook_env_to_allowlist: bool,
+    /// v2: remove `LD_PRELOAD`, `LD_LIBRARY_PATH` and `LD_AUDIT` from every hook's environment.
+    pub strip_loader_env_in_hooks: bool,
+    /// v2 (on by default): `RLIMIT_CORE=0` and `PR_SET_DUMPABLE=0` for the agent process.
+    pub disable_core_dumps: bool,
+    /// v2: the deployment root's own directories and state files readable by root only.
+    pub restrict_agent_dir_permissions: bool,
+    /// v2: `log_dir` 0750 and the agent's log files 0640.
+    pub restrict_log_dir_permissions: bool,
+    /// v2: tar entries are owned by the unpacking user, never the owner in the header.
+    pub ignore_ownership_in_bundle: bool,
+    /// v2: refuse appspec SELinux types `unconfined_t`, `kernel_t` and `init_t`.
+    pub reject_unconfined_selinux_in_bundle: bool,
+    /// v2: refuse bundle entries and appspec `mode:` values with setuid or setgid bits.
+    pub reject_unsafe_permissions_in_bundle: bool,
+    /// v2: the most bytes a bundle may unpack to (declared sizes); `None`: no cap.
+    pub archive_max_extraction_size: Option<u64>,
+    /// What the operator must be told about the file (unknown keys, keys without effect):
+    /// every command shows these on stderr and in its log once logging is up
+    /// ([`Config::report_warnings`]).
+    pub warnings: Vec<String>,
+}
+
+/// v2 keys that this agent always behaves as if set to true (so setting them changes nothing)
+/// or that only mean something on Windows / to v2's process model.
+const ALWAYS_ON_V2_KEYS: &[&str] = &[
+    // Archive entries, `files.source` and hook locations never resolve outside the bundle.
+    "reject_path_traversal_in_bundle",
+    // Permissions are applied through descriptors without following a symlink.
+    "reject_symlink_permission_targets",
+    // Windows only.
+    "disable_powershell_profile_in_hooks",
+    // v2's debugging port and archive reuse: not offered here.
+    "enable_command_port",
+    "enable_archive_reuse",
+];
+
+/// Reads `archive_max_extraction_size` as v2 does: bytes, or a whole number with `B`, `KB`,
+/// `MB`, `GB`, `TB` (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024).
+fn parse_v2_byte_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 /// Keys the AWS agent reads that this agent accepts without acting on them (process-model
@@ -277,6 +336,28 @@ impl Config {
             scripts_log_rotation: DEFAULT_SCRIPTS_LOG_ROTATION,
             log_to_journal: true,
             hook_output_to_journal: false,
+            restrict_hook_env_to_allowlist: false,
+            strip_loader_env_in_hooks: false,
+            disable_core_dumps: true,
+            restrict_agent_dir_permissions: false,
+            restrict_log_dir_permissions: false,
+            ignore_ownership_in_bundle: false,
+            reject_unconfined_selinux_in_bundle: false,
+            reject_unsafe_permissions_in_bundle: false,
+            archive_max_extraction_size: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Tells the operator what [`Config::warnings`] holds: each on stderr (prefixed
+    /// `warning: `) unless `stderr_is_logged` (the log already goes there), and in the log.
+    /// Call it once logging is up.
+    pub fn report_warnings(&self, stderr_is_logged: bool) {
+        for warning in &self.warnings {
+            if !stderr_is_logged {
+                eprintln!("warning: {warning}");
+            }
+            tracing::warn!("{warning}");
         }
     }
 
@@ -450,6 +531,60 @@ impl Config {
                     }
                 }
                 "hook_output_to_journal" => config.hook_output_to_journal = boolean()?,
+                "restrict_hook_env_to_allowlist" => {
+                    config.restrict_hook_env_to_allowlist = boolean()?
+                }
+                "strip_loader_env_in_hooks" => config.strip_loader_env_in_hooks = boolean()?,
+                "disable_core_dumps" => {
+                    // Empty keeps the default (on).
+                    if !matches!(value, RawValue::Null) {
+                        config.disable_core_dumps = boolean()?;
+                    }
+                }
+                "restrict_agent_dir_permissions" => {
+                    config.restrict_agent_dir_permissions = boolean()?
+                }
+                "restrict_log_dir_permissions" => config.restrict_log_dir_permissions = boolean()?,
+                "ignore_ownership_in_bundle" => config.ignore_ownership_in_bundle = boolean()?,
+                "reject_unconfined_selinux_in_bundle" => {
+                    config.reject_unconfined_selinux_in_bundle = boolean()?
+                }
+                "reject_unsafe_permissions_in_bundle" => {
+                    config.reject_unsafe_permissions_in_bundle = boolean()?
+                }
+                "archive_max_extraction_size" => {
+                    config.archive_max_extraction_size = match value {
+                        RawValue::Null => None,
+                        RawValue::Int(i) if *i >= 0 => Some(*i as u64),
+                        RawValue::Text(t) => Some(parse_v2_byte_size(t).ok_or_else(|| {
+                            invalid(
+                                key,
+                                format!(
+                                    "expected a size such as 4GB, 500MiB or a number of bytes, \
+                                     found {t}"
+                                ),
+                            )
+                        })?),
+                        other => {
+                            return Err(invalid(
+                                key,
+                                format!(
+                                    "expected a size such as 4GB, 500MiB or a number of bytes, \
+                                     found {other}"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                k if ALWAYS_ON_V2_KEYS.contains(&k) => {
+                    if matches!(value, RawValue::Bool(false)) {
+                        tracing::debug!(
+                            key = k,
+                            "configuration key cannot be turned off here: this agent always \
+                             behaves as if it were true (or it only applies on Windows)"
+                        );
+                    }
+                }
                 "health_endpoint" => {
                     config.health_endpoint = match text() {
                         None => None,
@@ -481,9 +616,11 @@ impl Config {
                         "configuration key is accepted but has no effect here"
                     );
                 }
-                k => {
-                    tracing::warn!(file = %path.display(), key = k, "unknown configuration key ignored");
-                }
+                k => config.warnings.push(format!(
+                    "{}: unknown configuration key {k} ignored (misspelt, or not supported by \
+                     this agent); see docs/configuration.md for the keys it reads",
+                    path.display()
+                )),
             }
         }
         if raw.get("root_dir").is_none_or(|v| *v == RawValue::Null) {

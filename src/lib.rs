@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod deploy;
+pub mod hardening;
 pub mod local;
 pub mod logging;
 pub mod prepare;

@@ -563,6 +563,27 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         Err(e) => return fail(&e.0),
     };
     init_logging(&config);
+    let mut config = config;
+    if config.disable_core_dumps {
+        config
+            .warnings
+            .extend(crate::hardening::disable_core_dumps());
+    }
+    if config.restrict_log_dir_permissions
+        && let Err(e) = crate::hardening::restrict_log_dir(&config.log_dir)
+    {
+        config.warnings.push(format!(
+            "restrict_log_dir_permissions: cannot tighten {}: {e}",
+            config.log_dir.display()
+        ));
+    }
+    config.report_warnings(false);
+    if let Err(message) = crate::deploy::layout::check_group_name(
+        &run.deployment_group_id,
+        &config.ongoing_deployment_tracking,
+    ) {
+        return fail(&message);
+    }
     let tty = std::io::stdout().is_terminal();
     if let Some(note) = note {
         if tty {
@@ -598,6 +619,27 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         settings,
         fetcher: &fetcher,
     };
+    // One deployment of a group at a time on this host, codedeploy-local and the daemon
+    // alike: a second one waits (its hooks have timeouts, so the wait ends).
+    let _group_lock =
+        match executor
+            .root
+            .lock_group(&run.deployment_group_id, &deployment_id, &mut |message| {
+                println!("{message}");
+                tracing::info!("{message}");
+            }) {
+            Ok(lock) => lock,
+            Err(e) => {
+                return fail(&format!(
+                    "cannot take the deployment lock {} of group {}: {e}",
+                    executor
+                        .root
+                        .group_lock_file(&run.deployment_group_id)
+                        .display(),
+                    run.deployment_group_id
+                ));
+            }
+        };
     let started = Instant::now();
     let scripts_log = deployment_dir.join("logs/scripts.log");
     let see_log = || {

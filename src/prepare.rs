@@ -413,6 +413,7 @@ pub fn command(args: &PrepareArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    config.report_warnings(false);
     match prepare(&config, args.dry_run, args.force) {
         Ok(outcome) => {
             let verb = if args.dry_run {

@@ -96,6 +96,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         Ok(c) => c,
         Err(message) => return usage(&message),
     };
+    config.report_warnings(false);
     let run = match local::validate(args, &cwd) {
         Ok(run) => run,
         Err(e) => return usage(&e.0),

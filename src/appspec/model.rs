@@ -309,4 +309,44 @@ impl AppSpec {
             .find(|(name, _)| name == event)
             .map(|(_, scripts)| scripts.as_slice())
     }
+
+    /// What the v2 hardening switches refuse in `permissions`, one message per entry, with
+    /// its position: `mode:` values with setuid or setgid bits
+    /// (`reject_unsafe_permissions_in_bundle`) and the SELinux types of
+    /// [`UNCONFINED_SELINUX_TYPES`] (`reject_unconfined_selinux_in_bundle`).
+    pub fn hardening_problems(
+        &self,
+        reject_unsafe_modes: bool,
+        reject_unconfined: bool,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        for p in &self.permissions {
+            if reject_unsafe_modes
+                && let Some(mode) = &p.mode
+                && mode.bits & 0o6000 != 0
+            {
+                problems.push(format!(
+                    "{}: permissions for {} set mode {} with the setuid or setgid bit, which \
+                     reject_unsafe_permissions_in_bundle refuses; drop the 4000/2000 bits from \
+                     the mode",
+                    p.position, p.object, mode.text
+                ));
+            }
+            if reject_unconfined
+                && let Some(context) = &p.context
+                && UNCONFINED_SELINUX_TYPES.contains(&context.type_.as_str())
+            {
+                problems.push(format!(
+                    "{}: permissions for {} set the SELinux type {}, which \
+                     reject_unconfined_selinux_in_bundle refuses; use a confined type",
+                    p.position, p.object, context.type_
+                ));
+            }
+        }
+        problems
+    }
 }
+
+/// SELinux types that escape confinement, refused by `reject_unconfined_selinux_in_bundle`
+/// (v2's list).
+pub const UNCONFINED_SELINUX_TYPES: &[&str] = &["unconfined_t", "kernel_t", "init_t"];

@@ -81,6 +81,28 @@ impl Engine {
         }
     }
 
+    /// Takes the group's deployment lock for one command, waiting (with a log line) while a
+    /// `codedeploy-local` run of the group holds it. A group the layout refuses fails here
+    /// with the executor's message, before any file is touched.
+    fn group_lock(
+        &self,
+        spec: &DeploymentSpec,
+    ) -> Result<crate::deploy::layout::GroupLock, CommandFailure> {
+        let group = &spec.deployment_group_id;
+        crate::deploy::layout::check_group_name(group, &self.settings.tracking_dir_name)
+            .map_err(CommandFailure::unknown)?;
+        self.root
+            .lock_group(group, &spec.deployment_id, &mut |message| {
+                tracing::info!("{message}")
+            })
+            .map_err(|e| {
+                CommandFailure::unknown(format!(
+                    "cannot take the deployment lock {} of group {group}: {e}",
+                    self.root.group_lock_file(group).display()
+                ))
+            })
+    }
+
     /// Runs blocking engine work off the async threads; a panic becomes a failed command.
     async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
@@ -670,6 +692,8 @@ impl<C: HostCommands + 'static> Agent<C> {
             let observed = Arc::clone(&self.observed);
             self.engine
                 .blocking("the command", move |e| {
+                    // The same per-group lock codedeploy-local holds for a whole deployment.
+                    let _group_lock = e.group_lock(&spec)?;
                     e.executor(&e.fetcher.for_spec(&spec)).execute(
                         &name,
                         &spec,

@@ -142,6 +142,21 @@ pub fn run(args: &RunArgs) -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(1);
     }
+    let mut config = config;
+    if config.disable_core_dumps {
+        config
+            .warnings
+            .extend(crate::hardening::disable_core_dumps());
+    }
+    if config.restrict_log_dir_permissions
+        && let Err(e) = crate::hardening::restrict_log_dir(&config.log_dir)
+    {
+        config.warnings.push(format!(
+            "restrict_log_dir_permissions: cannot tighten {}: {e}",
+            config.log_dir.display()
+        ));
+    }
+    config.report_warnings(args.log_to_stderr);
     let _lock = match PidLock::acquire(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -214,6 +229,18 @@ async fn serve(config: Config) -> Result<(), String> {
         GitHubFetcher::new(config.proxy_uri.as_deref(), handle).map_err(|e| e.to_string())?;
 
     let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
+    if config.restrict_agent_dir_permissions
+        && let Err(e) = crate::hardening::restrict_agent_dirs(
+            &root,
+            &config.ongoing_deployment_tracking,
+            None,
+            Some(&config.pid_dir),
+        )
+    {
+        tracing::warn!(
+            "restrict_agent_dir_permissions: cannot tighten the agent's directories: {e}"
+        );
+    }
     let mut settings = EngineSettings::from_config(&config, &root);
     settings.hooks.running = Some(Arc::new(RunningHooks::default()));
     tracing::info!("Archives to retain is: {}}}", config.max_revisions);

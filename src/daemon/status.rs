@@ -623,6 +623,7 @@ pub fn command(args: &StatusArgs) -> std::process::ExitCode {
             return ExitCode::from(4);
         }
     };
+    config.report_warnings(false);
     let pid = running_pid(&config);
     let report: Option<StatusReport> =
         std::fs::read(status_file(&config.pid_dir, &config.program_name))

@@ -115,6 +115,15 @@ impl HookMapping {
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub max_revisions: u32,
+    /// The tracking directory's name (`ongoing_deployment_tracking`): no group may use it.
+    pub tracking_dir_name: String,
+    /// `restrict_agent_dir_permissions`.
+    pub restrict_agent_dirs: bool,
+    /// `reject_unsafe_permissions_in_bundle` (appspec `mode:` values; the unpacker checks
+    /// the entries).
+    pub reject_unsafe_modes: bool,
+    /// `reject_unconfined_selinux_in_bundle`.
+    pub reject_unconfined_selinux: bool,
     pub unpack: UnpackOptions,
     pub hooks: HookOptions,
     pub os: Os,
@@ -124,9 +133,16 @@ impl EngineSettings {
     pub fn from_config(config: &Config, root: &DeploymentRoot) -> Self {
         Self {
             max_revisions: config.max_revisions,
+            tracking_dir_name: config.ongoing_deployment_tracking.clone(),
+            restrict_agent_dirs: config.restrict_agent_dir_permissions,
+            reject_unsafe_modes: config.reject_unsafe_permissions_in_bundle,
+            reject_unconfined_selinux: config.reject_unconfined_selinux_in_bundle,
             unpack: UnpackOptions {
                 reject_symlinks: config.reject_symlinks_in_bundle,
                 allow_setuid: config.allow_setuid_in_bundle,
+                reject_setuid: config.reject_unsafe_permissions_in_bundle,
+                ignore_ownership: config.ignore_ownership_in_bundle,
+                max_total_bytes: config.archive_max_extraction_size,
                 ..UnpackOptions::default()
             },
             hooks: HookOptions {
@@ -137,6 +153,10 @@ impl EngineSettings {
                     .then(|| root.deployments_log()),
                 running: None,
                 log_rotation: config.scripts_log_rotation,
+                env_policy: hooks::HookEnvPolicy {
+                    restrict_to_allowlist: config.restrict_hook_env_to_allowlist,
+                    strip_loader_vars: config.strip_loader_env_in_hooks,
+                },
             },
             os: Os::Linux,
         }
@@ -217,6 +237,7 @@ impl Executor<'_> {
         spec: &DeploymentSpec,
         mapping: &HookMapping,
     ) -> Result<bool, CommandFailure> {
+        self.check_group(spec)?;
         if command == "DownloadBundle" || command == "Install" {
             return Ok(false);
         }
@@ -259,6 +280,39 @@ impl Executor<'_> {
     }
 
     fn execute_inner(
+        &self,
+        command: &str,
+        spec: &DeploymentSpec,
+        mapping: &HookMapping,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), CommandFailure> {
+        self.check_group(spec)?;
+        let result = self.execute_command(command, spec, mapping, progress);
+        if self.settings.restrict_agent_dirs
+            && let Err(e) = crate::hardening::restrict_agent_dirs(
+                &self.root,
+                &self.settings.tracking_dir_name,
+                Some((&spec.deployment_group_id, &spec.deployment_id)),
+                None,
+            )
+        {
+            tracing::warn!(
+                "restrict_agent_dir_permissions: cannot tighten the deployment root's modes: {e}"
+            );
+        }
+        result
+    }
+
+    /// Refuses a group whose directory would be one of the deployment root's own.
+    fn check_group(&self, spec: &DeploymentSpec) -> Result<(), CommandFailure> {
+        crate::deploy::layout::check_group_name(
+            &spec.deployment_group_id,
+            &self.settings.tracking_dir_name,
+        )
+        .map_err(CommandFailure::unknown)
+    }
+
+    fn execute_command(
         &self,
         command: &str,
         spec: &DeploymentSpec,
@@ -367,6 +421,19 @@ impl Executor<'_> {
         let archive_dir = dir.join("deployment-archive");
         let appspec_path = Self::install_appspec_path(&archive_dir, spec);
         let appspec = self.load_appspec(&appspec_path)?;
+        let refused = appspec.hardening_problems(
+            self.settings.reject_unsafe_modes,
+            self.settings.reject_unconfined_selinux,
+        );
+        if let Some(first) = refused.first() {
+            let name = appspec_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut failure = CommandFailure::unknown(format!("{name}:{first}"));
+            failure.details = refused.iter().map(|p| format!("{name}:{p}")).collect();
+            return Err(failure);
+        }
         if let Some(all) = &spec.all_possible_lifecycle_events {
             check_lifecycle_events(&appspec, &appspec_path, all, mapping)?;
         }

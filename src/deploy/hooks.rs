@@ -159,6 +159,62 @@ pub struct HookOptions {
     /// scripts.log and deployments-log rotation; `max_bytes` is also the most of each
     /// script's captured output kept on disk (older output is punched out of the file).
     pub log_rotation: crate::logging::Rotation,
+    /// What of the agent's environment hooks inherit (see [`hook_environment`]).
+    pub env_policy: HookEnvPolicy,
+}
+
+/// How a hook's environment is built from the agent's (config `restrict_hook_env_to_allowlist`
+/// and `strip_loader_env_in_hooks`; both off by default, as in v2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookEnvPolicy {
+    /// Start from `PATH`, `HOME` and `USER` only instead of the whole environment.
+    pub restrict_to_allowlist: bool,
+    /// Remove `LD_PRELOAD`, `LD_LIBRARY_PATH` and `LD_AUDIT`.
+    pub strip_loader_vars: bool,
+}
+
+/// The agent's environment variables a hook keeps under `restrict_hook_env_to_allowlist`.
+pub const HOOK_ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "USER"];
+
+/// AWS credentials the agent may have in its environment: never passed to a hook (the AWS
+/// agents remove the first three; the session token is useless without them and goes too).
+pub const HOOK_ENV_CREDENTIALS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_CREDENTIAL_FILE",
+];
+
+/// Dynamic-loader variables removed under `strip_loader_env_in_hooks`.
+pub const HOOK_ENV_LOADER: &[&str] = &["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"];
+
+/// Sets a hook's environment on `cmd`: the agent's environment (or only
+/// [`HOOK_ENV_ALLOWLIST`] of it), then the deployment variables, then removes the
+/// credentials and (when asked) the loader variables, last so no deployment variable can put
+/// them back. `runas` then sets `HOME`, `USER`, `LOGNAME` and `SHELL` of the target user.
+pub fn hook_environment(cmd: &mut Command, env: &HookEnv, policy: HookEnvPolicy) {
+    if policy.restrict_to_allowlist {
+        cmd.env_clear();
+        for name in HOOK_ENV_ALLOWLIST {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+    }
+    cmd.env("LIFECYCLE_EVENT", &env.lifecycle_event)
+        .env("DEPLOYMENT_ID", &env.deployment_id)
+        .env("APPLICATION_NAME", &env.application_name)
+        .env("DEPLOYMENT_GROUP_NAME", &env.deployment_group_name)
+        .env("DEPLOYMENT_GROUP_ID", &env.deployment_group_id)
+        .envs(env.extra.iter().map(|(k, v)| (k, v)));
+    for name in HOOK_ENV_CREDENTIALS {
+        cmd.env_remove(name);
+    }
+    if policy.strip_loader_vars {
+        for name in HOOK_ENV_LOADER {
+            cmd.env_remove(name);
+        }
+    }
 }
 
 /// The process groups of hook scripts running right now.
@@ -216,6 +272,7 @@ impl Default for HookOptions {
             deployments_log: None,
             running: None,
             log_rotation: crate::config::DEFAULT_SCRIPTS_LOG_ROTATION,
+            env_policy: HookEnvPolicy::default(),
         }
     }
 }
@@ -667,16 +724,24 @@ fn build_command(
         c.args(&plan.args);
         c
     };
-    let env = run.env;
     cmd.current_dir(archive_dir)
         .stdin(Stdio::null())
-        .process_group(0)
-        .env("LIFECYCLE_EVENT", &env.lifecycle_event)
-        .env("DEPLOYMENT_ID", &env.deployment_id)
-        .env("APPLICATION_NAME", &env.application_name)
-        .env("DEPLOYMENT_GROUP_NAME", &env.deployment_group_name)
-        .env("DEPLOYMENT_GROUP_ID", &env.deployment_group_id)
-        .envs(env.extra.iter().map(|(k, v)| (k, v)));
+        .process_group(0);
+    hook_environment(&mut cmd, run.env, run.options.env_policy);
+    if let Some(limit) = crate::hardening::hook_core_limit() {
+        // The agent lowered its own core-file limit (disable_core_dumps); the hook gets the
+        // host's back.
+        // SAFETY: runs in the child between fork and exec; setrlimit is an async-signal-safe
+        // system call on a value copied into the closure; nothing is allocated or locked.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_CORE, &limit) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     if let Some(user) = &plan.user {
         user.apply(&mut cmd);
     }

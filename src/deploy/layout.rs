@@ -23,6 +23,44 @@ use std::time::SystemTime;
 /// The number of deployment directories kept per group when `max_revisions` is unset.
 pub const DEFAULT_MAX_REVISIONS: u32 = 5;
 
+/// The deployment root's own entries (besides the tracking directory, whose name is
+/// configurable): a deployment group of one of these names would share its directory.
+pub const RESERVED_NAMES: &[&str] = &["deployment-instructions", "deployment-logs"];
+
+/// Refuses a deployment group name whose directory `<root>/<group>` would be one of the
+/// deployment root's own (`deployment-instructions`, `deployment-logs`, the tracking directory
+/// `tracking_dir_name`), or is not a plain directory name. Pruning such a group would delete
+/// other groups' state.
+pub fn check_group_name(group: &str, tracking_dir_name: &str) -> Result<(), String> {
+    if group.is_empty()
+        || group == "."
+        || group == ".."
+        || group.contains('/')
+        || group.contains('\0')
+    {
+        return Err(format!(
+            "The deployment group {group:?} cannot be used as a directory name in the deployment \
+             root: it must not be empty, '.' or '..' or contain '/'"
+        ));
+    }
+    if RESERVED_NAMES.contains(&group) || group == tracking_dir_name {
+        return Err(format!(
+            "The deployment group {group:?} has the name of one of the deployment root's own \
+             directories ({}, {}, {tracking_dir_name}); the agent keeps its state there, so a \
+             group of that name would delete other groups' state. Use another deployment group \
+             name",
+            RESERVED_NAMES[0], RESERVED_NAMES[1]
+        ));
+    }
+    Ok(())
+}
+
+/// A held per-group deployment lock (see [`DeploymentRoot::lock_group`]); released on drop.
+#[derive(Debug)]
+pub struct GroupLock {
+    _file: File,
+}
+
 /// Paths under one deployment root. Cheap to clone; holds no open files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploymentRoot {
@@ -80,6 +118,60 @@ impl DeploymentRoot {
     pub fn most_recent_file(&self, group_id: &str) -> PathBuf {
         self.instructions_dir()
             .join(format!("{group_id}_most_recent_install"))
+    }
+
+    /// `<root>/deployment-instructions/.<dg>.lock`: the lock `codedeploy-local` holds for a
+    /// whole deployment and the daemon for each command of the group.
+    pub fn group_lock_file(&self, group_id: &str) -> PathBuf {
+        self.instructions_dir().join(format!(".{group_id}.lock"))
+    }
+
+    /// Takes the group's deployment lock (an advisory `flock` on [`Self::group_lock_file`],
+    /// closed on exec, so a hook's background children never hold it). When another process
+    /// holds it, `waiting` is called once with a message naming the holder, then this blocks
+    /// until it is free. The holder's pid and deployment id are written into the file.
+    pub fn lock_group(
+        &self,
+        group_id: &str,
+        deployment_id: &str,
+        waiting: &mut dyn FnMut(String),
+    ) -> io::Result<GroupLock> {
+        use std::os::unix::fs::FileExt;
+        fs::create_dir_all(self.instructions_dir())?;
+        let path = self.group_lock_file(group_id);
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                let mut words = holder.split_whitespace();
+                let message = match (words.next(), words.next()) {
+                    (Some(pid), Some(deployment)) => format!(
+                        "waiting for deployment {deployment} of group {group_id} (pid {pid}) to finish"
+                    ),
+                    _ => format!(
+                        "waiting for another deployment of group {group_id} to finish (lock {})",
+                        path.display()
+                    ),
+                };
+                waiting(message);
+                file.lock()?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        file.set_len(0)?;
+        file.write_all_at(
+            format!("{} {deployment_id}\n", std::process::id()).as_bytes(),
+            0,
+        )?;
+        Ok(GroupLock { _file: file })
     }
 
     /// `<root>/deployment-logs`.

@@ -119,6 +119,14 @@ pub struct UnpackOptions {
     pub available_bytes: Option<u64>,
     /// Most entries a bundle may hold.
     pub max_entries: u64,
+    /// Refuse entries with the setuid or setgid bit (config
+    /// `reject_unsafe_permissions_in_bundle`) instead of clearing the bits.
+    pub reject_setuid: bool,
+    /// Tar entries keep the unpacking user as owner (config `ignore_ownership_in_bundle`).
+    pub ignore_ownership: bool,
+    /// The most bytes of file data a bundle may unpack to (config
+    /// `archive_max_extraction_size`); `None`: only the free space limits it.
+    pub max_total_bytes: Option<u64>,
 }
 
 impl Default for UnpackOptions {
@@ -128,6 +136,9 @@ impl Default for UnpackOptions {
             allow_setuid: false,
             available_bytes: None,
             max_entries: DEFAULT_MAX_ENTRIES,
+            reject_setuid: false,
+            ignore_ownership: false,
+            max_total_bytes: None,
         }
     }
 }
@@ -221,6 +232,10 @@ pub enum Rejection {
     Special(&'static str),
     #[error("it is a symlink and reject_symlinks_in_bundle is set")]
     Symlink,
+    #[error(
+        "its mode {0:04o} has the setuid or setgid bit and reject_unsafe_permissions_in_bundle is set"
+    )]
+    Setuid(u32),
     #[error("its symlink target is empty, contains a NUL byte or is longer than 4096 bytes")]
     BadSymlinkTarget,
     #[error("it holds more data than the {declared} bytes its header declares")]
@@ -324,6 +339,16 @@ pub enum UnpackError {
         archive.display()
     )]
     TooManyEntries { archive: PathBuf, limit: u64 },
+    #[error(
+        "bundle {} unpacks to more than archive_max_extraction_size ({limit} bytes): at least \
+         {needed} bytes; raise archive_max_extraction_size or make the bundle smaller",
+        archive.display()
+    )]
+    TooLarge {
+        archive: PathBuf,
+        needed: u64,
+        limit: u64,
+    },
     #[error("cannot strip the leading directory in {}: {source}", target.display())]
     Strip {
         target: PathBuf,
@@ -601,6 +626,7 @@ impl Cx<'_> {
 
     /// Refuses a declared total larger than the free space, before anything is written.
     fn check_total(&self, needed: u64) -> Result<(), UnpackError> {
+        self.check_cap(needed)?;
         if needed > self.available {
             return Err(UnpackError::NoSpace {
                 archive: self.archive.to_owned(),
@@ -613,10 +639,25 @@ impl Cx<'_> {
         Ok(())
     }
 
-    /// Cleans a mode: permission bits only, special bits dropped unless allowed.
+    /// Refuses more file data than `archive_max_extraction_size`.
+    fn check_cap(&self, needed: u64) -> Result<(), UnpackError> {
+        match self.opts.max_total_bytes {
+            Some(limit) if needed > limit => Err(UnpackError::TooLarge {
+                archive: self.archive.to_owned(),
+                needed,
+                limit,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Cleans a mode: permission bits only, special bits dropped unless allowed (or kept so
+    /// that [`Cx::add`] can refuse them under `reject_setuid`).
     fn mode(&self, mode: u32) -> u32 {
         if self.opts.allow_setuid {
             mode & 0o7777
+        } else if self.opts.reject_setuid {
+            mode & 0o6777
         } else {
             mode & 0o777
         }
@@ -625,7 +666,7 @@ impl Cx<'_> {
     /// Resolves a tar owner like GNU tar `--same-owner`: names if they exist here, else ids.
     /// `None` unless running as root.
     fn tar_owner(&mut self, o: &TarOwner<'_>) -> Option<(Uid, Gid)> {
-        if !self.is_root {
+        if !self.is_root || self.opts.ignore_ownership {
             return None;
         }
         let by_name_uid = o.uname.filter(|n| !n.is_empty()).and_then(|n| {
@@ -662,6 +703,9 @@ impl Cx<'_> {
         if path.is_root() && !matches!(item, Item::Dir) {
             return Err(self.reject(raw, Rejection::NamesRoot));
         }
+        if self.opts.reject_setuid && meta.mode & 0o6000 != 0 {
+            return Err(self.reject(raw, Rejection::Setuid(meta.mode & 0o7777)));
+        }
         let result = match item {
             Item::Dir => {
                 tracing::trace!(entry = %raw.escape_ascii(), "directory");
@@ -669,6 +713,7 @@ impl Cx<'_> {
             }
             Item::File { data, size } => {
                 let needed = self.used.saturating_add(size);
+                self.check_cap(needed)?;
                 if needed > self.available {
                     return Err(UnpackError::NoSpace {
                         archive: self.archive.to_owned(),
