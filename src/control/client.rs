@@ -120,6 +120,12 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// The bound of one whole request, connection, answer head and body together:
+    /// `connect_timeout + read_timeout`.
+    pub fn request_timeout(&self) -> Duration {
+        self.connect_timeout + self.read_timeout
+    }
+
     /// A configuration with the default timeouts and no proxy.
     pub fn new(
         endpoint: impl Into<String>,
@@ -212,6 +218,9 @@ impl HttpHostCommands {
             .user_agent(user_agent())
             .read_timeout(config.read_timeout)
             .connect_timeout(config.connect_timeout)
+            // The whole exchange, not each read: a reply trickling a byte at a time must not
+            // hold a poll open for ever.
+            .timeout(config.request_timeout())
             // aws-sdk does not follow redirects; a redirected POST would turn into a GET.
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy();
@@ -271,8 +280,9 @@ impl HttpHostCommands {
             } else {
                 write!(
                     text,
-                    "timed out (read timeout {}s): ",
-                    self.config.read_timeout.as_secs_f64()
+                    "timed out (read timeout {}s, whole request {}s): ",
+                    self.config.read_timeout.as_secs_f64(),
+                    self.config.request_timeout().as_secs_f64()
                 )
             };
         }

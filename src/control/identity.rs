@@ -158,6 +158,8 @@ impl ImdsBuilder {
             .no_proxy()
             .connect_timeout(self.timeout)
             .read_timeout(self.timeout)
+            // Each request as a whole, so a trickling answer cannot stall the identity.
+            .timeout(self.timeout)
             .build()
             .map_err(|source| ImdsError::Client { source })?;
         Ok(Imds {

@@ -80,6 +80,8 @@ pub struct GitHubFetcher {
     handle: Handle,
     base_url: String,
     retry_delays: Vec<Duration>,
+    /// How slow a download may be before the attempt is given up (and retried).
+    throughput: super::ThroughputFloor,
 }
 
 /// How one attempt failed.
@@ -114,12 +116,19 @@ impl GitHubFetcher {
             handle,
             base_url: GITHUB_API.into(),
             retry_delays: RETRY_DELAYS.to_vec(),
+            throughput: super::ThroughputFloor::DEFAULT,
         })
     }
 
     /// Points the fetcher at another API root (tests use a local server).
     pub fn with_base_url(mut self, url: impl Into<String>) -> Self {
         self.base_url = url.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// Replaces the throughput floor (tests use a short grace period).
+    pub fn with_throughput_floor(mut self, floor: super::ThroughputFloor) -> Self {
+        self.throughput = floor;
         self
     }
 
@@ -207,7 +216,17 @@ impl GitHubFetcher {
                 super::s3::error_chain(&e.without_url())
             ))
         };
-        let mut response = request.send().await.map_err(transport)?;
+        // The answer's head as a whole within the stall bound; the body is then held to the
+        // throughput floor.
+        let mut response = tokio::time::timeout(self.throughput.stall, request.send())
+            .await
+            .map_err(|_| {
+                Attempt::Retry(format!(
+                    "error 'no answer within {} s'",
+                    self.throughput.stall.as_secs()
+                ))
+            })?
+            .map_err(transport)?;
         let status = response.status();
         if !status.is_success() {
             return Err(Attempt::Retry(format!(
@@ -227,9 +246,24 @@ impl GitHubFetcher {
         };
         let mut file = super::create_bundle_file(dest).map_err(io("create"))?;
         let mut bytes = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        let floor = self.throughput;
+        let started = std::time::Instant::now();
+        loop {
+            let chunk = match tokio::time::timeout(floor.stall, response.chunk()).await {
+                Ok(chunk) => chunk.map_err(transport)?,
+                Err(_) => {
+                    return Err(Attempt::Retry(format!(
+                        "error 'no data for {} s'",
+                        floor.stall.as_secs()
+                    )));
+                }
+            };
+            let Some(chunk) = chunk else { break };
             file.write_all(&chunk).map_err(io("write"))?;
             bytes += chunk.len() as u64;
+            floor
+                .check(started, bytes)
+                .map_err(|e| Attempt::Retry(format!("error '{e}'")))?;
         }
         file.sync_all().map_err(io("write"))?;
         Ok(bytes)

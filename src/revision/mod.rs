@@ -11,6 +11,8 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use std::time::{Duration, Instant};
+
 use crate::config::Config;
 use crate::spec::{DeploymentSpec, Revision};
 use github::{GitHubArchive, GitHubFetchError, GitHubFetcher};
@@ -237,6 +239,46 @@ pub(crate) fn create_bundle_file(dest: &Path) -> io::Result<File> {
         .create_new(true)
         .mode(0o644)
         .open(dest)
+}
+
+/// Bounds a large download by throughput instead of a total time: after a grace period the
+/// average rate since the start must stay above a floor, so a server trickling a few bytes a
+/// second is given up on (and retried) instead of holding the deployment for ever.
+#[derive(Debug, Clone, Copy)]
+pub struct ThroughputFloor {
+    /// Time before the rate is judged.
+    pub grace: Duration,
+    /// The lowest average rate accepted after the grace period.
+    pub min_bytes_per_sec: u64,
+    /// The longest wait for any next chunk.
+    pub stall: Duration,
+}
+
+impl ThroughputFloor {
+    /// 1 KiB/s on average after 30 s, and no single wait longer than 60 s.
+    pub const DEFAULT: ThroughputFloor = ThroughputFloor {
+        grace: Duration::from_secs(30),
+        min_bytes_per_sec: 1024,
+        stall: Duration::from_secs(60),
+    };
+
+    /// `Err` with a description once `bytes` received since `started` are too few.
+    pub fn check(&self, started: Instant, bytes: u64) -> Result<(), String> {
+        let elapsed = started.elapsed();
+        if elapsed < self.grace {
+            return Ok(());
+        }
+        let floor = (self.min_bytes_per_sec as f64 * elapsed.as_secs_f64()) as u64;
+        if bytes < floor {
+            return Err(format!(
+                "the download is too slow: {bytes} bytes in {:.0} s, below the floor of {} \
+                 bytes/s",
+                elapsed.as_secs_f64(),
+                self.min_bytes_per_sec
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -247,6 +247,9 @@ impl S3Fetcher {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
+                    // Each attempt up to its answer's head; the body is held to
+                    // `ThroughputFloor` while it streams.
+                    .operation_attempt_timeout(Duration::from_secs(120))
                     .build(),
             );
         if let Some(url) = &endpoint {
@@ -685,8 +688,19 @@ impl Ranges {
 
     /// Streams `body` to the file at `*pos`, advancing it; one chunk in memory at a time.
     async fn copy(&self, body: &mut ByteStream, pos: &mut u64, end: u64) -> Result<(), String> {
-        while let Some(chunk) = body.next().await {
+        // Each range (or resumed part of one) is held to a throughput floor, so a trickling
+        // response breaks off and is resumed instead of holding the download for ever.
+        let floor = super::ThroughputFloor::DEFAULT;
+        let (started, from) = (std::time::Instant::now(), *pos);
+        loop {
+            let Some(chunk) = tokio::time::timeout(floor.stall, body.next())
+                .await
+                .map_err(|_| format!("no data for {} s", floor.stall.as_secs()))?
+            else {
+                break;
+            };
             let chunk = chunk.map_err(|e| error_chain(&e))?;
+            floor.check(started, *pos + chunk.len() as u64 - from)?;
             let len = chunk.len() as u64;
             if *pos + len > end {
                 return Err(format!(
