@@ -147,6 +147,10 @@ pub enum Fault {
     /// duration past the client's read timeout, the service has accepted what the client
     /// never hears about.
     AnswerLate(Duration),
+    /// Send a 200 head promising a body, then one byte of it every interval, for ever (until
+    /// the client gives up or the service stops): each read is quick, the whole never ends.
+    /// The request is not applied.
+    Trickle(Duration),
 }
 
 /// One request as the fake received it.
@@ -661,6 +665,7 @@ enum Answer {
     Respond { status: u16, body: Value },
     Close,
     Reset,
+    Trickle(Duration),
 }
 
 /// Sends the start of a 200 answer, then resets the connection.
@@ -735,6 +740,29 @@ fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
             Answer::Reset => {
                 drop(reader);
                 reset_mid_response(shared, writer);
+                break;
+            }
+            Answer::Trickle(every) => {
+                let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: 1000000\r\n\r\n";
+                if writer.write_all(head).is_err() {
+                    break;
+                }
+                // A JSON string that never closes; stops when the client hangs up.
+                let mut bytes = b"{\"HostCommand\":\""
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(b'x'));
+                while shared.sleep(every) {
+                    let byte = [bytes.next().unwrap_or(b'x')];
+                    if writer
+                        .write_all(&byte)
+                        .and_then(|()| writer.flush())
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                let _ = writer.shutdown(Shutdown::Both);
                 break;
             }
         }
@@ -852,6 +880,7 @@ fn answer(
             shared.sleep(d);
             return Answer::Close;
         }
+        Some(Fault::Trickle(d)) => return Answer::Trickle(d),
         // Sleep, then answer normally unless the service is stopping.
         Some(Fault::Delay(d)) if !shared.sleep(d) => return Answer::Close,
         Some(Fault::Delay(_) | Fault::AnswerLate(_)) | None => {}
