@@ -468,6 +468,15 @@ impl Config {
                 }
                 "ongoing_deployment_tracking" => {
                     let name = text().unwrap_or(config.ongoing_deployment_tracking.clone());
+                    if crate::deploy::layout::RESERVED_NAMES.contains(&name.as_str()) {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "{name} is one of the deployment root's own directories; choose \
+                                 another name"
+                            ),
+                        ));
+                    }
                     if name.contains('/') || name == "." || name == ".." {
                         return Err(invalid(
                             key,
@@ -760,6 +769,62 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn v2_hardening_keys_parse_and_unknown_keys_become_warnings() {
+        let c = parse(":root_dir: /a\n").expect("valid");
+        assert!(c.disable_core_dumps, "on by default");
+        assert!(!c.restrict_hook_env_to_allowlist && !c.strip_loader_env_in_hooks);
+        assert_eq!(c.archive_max_extraction_size, None);
+        assert!(c.warnings.is_empty());
+        let c = parse(
+            ":root_dir: /a\nrestrict_hook_env_to_allowlist: true\nstrip_loader_env_in_hooks: true\n\
+             disable_core_dumps: false\nrestrict_agent_dir_permissions: true\n\
+             restrict_log_dir_permissions: true\nignore_ownership_in_bundle: true\n\
+             reject_unconfined_selinux_in_bundle: true\nreject_unsafe_permissions_in_bundle: true\n\
+             reject_path_traversal_in_bundle: true\nreject_symlink_permission_targets: true\n\
+             disable_powershell_profile_in_hooks: true\nenable_command_port: false\n\
+             enable_archive_reuse: true\narchive_max_extraction_size: \"4GB\"\n",
+        )
+        .expect("valid");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(c.restrict_hook_env_to_allowlist && c.strip_loader_env_in_hooks);
+        assert!(!c.disable_core_dumps);
+        assert!(c.restrict_agent_dir_permissions && c.restrict_log_dir_permissions);
+        assert!(c.ignore_ownership_in_bundle);
+        assert!(c.reject_unconfined_selinux_in_bundle && c.reject_unsafe_permissions_in_bundle);
+        assert_eq!(c.archive_max_extraction_size, Some(4_000_000_000));
+        for (text, bytes) in [
+            ("500MiB", 500 << 20),
+            ("1GiB", 1 << 30),
+            ("2048", 2048),
+            ("7 KB", 7000),
+        ] {
+            let c = parse(&format!(
+                ":root_dir: /a\narchive_max_extraction_size: {text}\n"
+            ))
+            .expect(text);
+            assert_eq!(c.archive_max_extraction_size, Some(bytes), "{text}");
+        }
+        for bad in ["lots", "-1", "1.5GB", "4 parsecs"] {
+            let err = parse(&format!(
+                ":root_dir: /a\narchive_max_extraction_size: {bad}\n"
+            ))
+            .expect_err(bad);
+            assert!(
+                err.to_string()
+                    .contains("archive_max_extraction_size: expected a size"),
+                "{err}"
+            );
+        }
+        let c = parse(":root_dir: /a\n:restrict_hook_env_to_alowlist: true\n").expect("valid");
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].contains("unknown configuration key restrict_hook_env_to_alowlist"),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

@@ -580,7 +580,13 @@ fn a_poll_answer_that_trickles_is_given_up_and_polling_continues() {
         HOST,
         command("c-trickle", "DownloadBundle", HOST, "exec/trickle"),
     );
-    let agent = Daemon::start(&s, &fake, ":http_read_timeout: 1\n", &[]);
+    // A misspelt key too: `run` reports it (stderr, which is also the log here).
+    let agent = Daemon::start(
+        &s,
+        &fake,
+        ":http_read_timeout: 1\n:bogus_key_for_test: 1\n",
+        &[],
+    );
     let completes = fake.wait_for_completes(1, Duration::from_secs(90));
     assert!(
         completes
@@ -594,4 +600,73 @@ fn a_poll_answer_that_trickles_is_given_up_and_polling_continues() {
         "the timeout is named: {}",
         agent.log_text()
     );
+    assert!(
+        agent
+            .log_text()
+            .contains("unknown configuration key bogus_key_for_test ignored"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn a_github_download_that_trickles_is_given_up_and_retried() {
+    use codedeploy_agent::revision::ThroughputFloor;
+    use codedeploy_agent::revision::github::{GitHubArchive, GitHubFetcher};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&connections);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            if n == 0 {
+                // A byte every 100 ms of a promised 100 kB, until the client hangs up.
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+                while stream.write_all(b"x").and_then(|()| stream.flush()).is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            } else {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        }
+    });
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let fetcher = GitHubFetcher::new(None, runtime.handle().clone())
+        .expect("client")
+        .with_base_url(&url)
+        .with_retry_delays(vec![Duration::from_millis(10)])
+        .with_throughput_floor(ThroughputFloor {
+            grace: Duration::from_secs(1),
+            min_bytes_per_sec: 100,
+            stall: Duration::from_secs(5),
+        });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dest = tmp.path().join("bundle.tar");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let target = dest.clone();
+    std::thread::spawn(move || {
+        let archive = GitHubArchive {
+            account: "acme",
+            repository: "app",
+            commit: "abc123",
+            bundle_type: None,
+            token: None,
+        };
+        let _ = tx.send(
+            fetcher
+                .download(&archive, &target)
+                .map_err(|e| e.to_string()),
+        );
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the trickling download was never given up");
+    result.expect("the retry succeeds");
+    assert_eq!(fs::read(&dest).expect("read"), b"ok");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -697,14 +697,19 @@ impl Cx<'_> {
         raw: &[u8],
         path: RelPath,
         item: Item<'_>,
-        meta: Meta,
+        mut meta: Meta,
         replace: Replace,
     ) -> Result<(), UnpackError> {
         if path.is_root() && !matches!(item, Item::Dir) {
             return Err(self.reject(raw, Rejection::NamesRoot));
         }
         if self.opts.reject_setuid && meta.mode & 0o6000 != 0 {
-            return Err(self.reject(raw, Rejection::Setuid(meta.mode & 0o7777)));
+            if matches!(item, Item::Dir) {
+                // A setgid directory only passes its group on: cleared, as by default.
+                meta.mode &= 0o777;
+            } else {
+                return Err(self.reject(raw, Rejection::Setuid(meta.mode & 0o7777)));
+            }
         }
         let result = match item {
             Item::Dir => {
