@@ -670,3 +670,84 @@ fn a_github_download_that_trickles_is_given_up_and_retried() {
     assert_eq!(fs::read(&dest).expect("read"), b"ok");
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_daemon_command_waits_for_a_local_deployment_of_its_group() {
+    if !support::signing::openssl_or_skip("security_env") {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let dir = s.path().display().to_string();
+    let fifo = s.path().join("gate");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let agent = Daemon::start(&s, &fake, "", &[]);
+    // `local` with the daemon's configuration (same root), held inside its hook.
+    let spec = "version: 0.0\nos: linux\nhooks:\n  ApplicationStart:\n    - location: scripts/start.sh\n      timeout: 120\n";
+    let script = format!("#!/bin/sh\ntouch {dir}/held\nread line < {dir}/gate\n");
+    let b = s.bundle(
+        "held",
+        &[("appspec.yml", spec), ("scripts/start.sh", &script)],
+    );
+    let mut local = Command::new(bin())
+        .arg("local")
+        .arg("-c")
+        .arg(s.config())
+        .args(["-l", b.to_str().expect("utf8"), "-g", "dg"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn local");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !s.path().join("held").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the local hook never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let env_b = env_bundle(&s);
+    fake.set_spec(
+        "exec/d",
+        "CodeDeploy",
+        signed(&spec_json("d-DAEMON", "dg", &env_b)),
+    );
+    fake.enqueue(HOST, command("c-d", "DownloadBundle", HOST, "exec/d"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !agent.log_text().contains("waiting for deployment") {
+        if std::time::Instant::now() > deadline {
+            fs::write(&fifo, "go\n").expect("release");
+            let _ = local.wait();
+            panic!(
+                "the daemon did not wait for the local run:\n{}",
+                agent.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        agent
+            .log_text()
+            .contains(&format!("of group dg (pid {}) to finish", local.id())),
+        "{}",
+        agent.log_text()
+    );
+    assert!(
+        fake.completes().is_empty(),
+        "the command ran while the lock was held"
+    );
+    fs::write(&fifo, "go\n").expect("release the local hook");
+    assert!(local.wait().expect("local").success());
+    let completes = fake.wait_for_completes(1, Duration::from_secs(60));
+    assert_eq!(
+        completes.first().map(|c| c.command_status.as_str()),
+        Some("Succeeded"),
+        "{completes:?}"
+    );
+}
