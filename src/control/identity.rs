@@ -610,7 +610,9 @@ pub fn default_chain(
         .configure(&conf)
         .max_attempts(4)
         .connect_timeout(Duration::from_secs(1))
-        .read_timeout(Duration::from_secs(1));
+        .read_timeout(Duration::from_secs(1))
+        // The whole credentials call, retries included, so a trickling answer ends too.
+        .operation_timeout(Duration::from_secs(10));
     let imds_client = match imds_client.clone().endpoint(imds_endpoint) {
         Ok(b) => b,
         Err(e) => {
