@@ -751,3 +751,54 @@ fn a_daemon_command_waits_for_a_local_deployment_of_its_group() {
         "{completes:?}"
     );
 }
+
+#[test]
+fn a_non_dumpable_agent_cannot_be_read_by_processes_of_its_own_user() {
+    // PR_SET_DUMPABLE 0: /proc/<agent>/environ (and mem) belong to root, so even a hook of the
+    // agent's own user cannot read the agent's memory or environment.
+    if !is_root() {
+        eprintln!("skipped: needs root (to run the agent as another user)");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("passwd")
+        .expect("nobody exists");
+    let s = Sandbox::new();
+    fs::set_permissions(s.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    fs::set_permissions(s.dest(), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let dir = s.path().display();
+    let spec =
+        "version: 0.0\nos: linux\nhooks:\n  ApplicationStart:\n    - location: scripts/peek.sh\n";
+    let script = format!(
+        "#!/bin/sh\nif cat /proc/$PPID/environ > /dev/null 2>&1; then echo readable; else echo denied; fi > {dir}/peek\n"
+    );
+    let b = s.bundle(
+        "peek",
+        &[("appspec.yml", spec), ("scripts/peek.sh", &script)],
+    );
+    let run_as_nobody = || {
+        let out = Command::new(bin())
+            .arg("local")
+            .arg("-c")
+            .arg(s.config())
+            .args(["-l", b.to_str().expect("utf8"), "-g", "dg"])
+            .env("HOME", s.path())
+            .uid(nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw())
+            .output()
+            .expect("run");
+        Run::from(out).assert_ok();
+        fs::read_to_string(s.path().join("peek"))
+            .expect("the hook ran")
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        run_as_nobody(),
+        "denied",
+        "disable_core_dumps is on by default"
+    );
+    s.write_config("disable_core_dumps: false\n");
+    assert_eq!(run_as_nobody(), "readable");
+}
