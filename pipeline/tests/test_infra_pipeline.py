@@ -182,6 +182,22 @@ class InfraPipeline(Layouts, unittest.TestCase):
             # The Lambda code key follows the commit, so each commit updates the functions' code.
             self.assertEqual(json.loads(lambdas["Configuration"]["ParameterOverrides"]), {"LambdaCodeVersion": "#{SourceVariables.CommitId}"})
 
+    def test_every_template_configuration_exists_and_sets_the_required_parameters(self):
+        res = render_pipeline()
+        for stage in self.stages(res):
+            for a in stage["Actions"]:
+                conf = a.get("Configuration", {})
+                if conf.get("ActionMode") != "CHANGE_SET_REPLACE":
+                    continue
+                path = TEMPLATES.parent.parent / conf["TemplateConfiguration"].removeprefix("Source::")
+                self.assertTrue(path.is_file(), path)
+                given = set(json.loads(path.read_text())["Parameters"])
+                template = load(conf["TemplatePath"].removeprefix("Source::pipeline/templates/"))
+                declared = template.get("Parameters", {})
+                required = {k for k, v in declared.items() if "Default" not in v}
+                self.assertLessEqual(required, given, path)
+                self.assertLessEqual(given, set(declared), f"{path}: parameters the template does not declare")
+
     def test_lint_stage_runs_the_linters_and_validate(self):
         res = render_pipeline()
         lint = next(s for s in self.stages(res) if s["Name"] == "Lint")
