@@ -93,6 +93,9 @@ class Renderer:
                 return not self.resolve(a[0])
             if k == "Fn::If":
                 return self.resolve(a[1] if self.conditions[a[0]] else a[2])
+            if k == "Fn::FindInMap":
+                m, a1, a2 = (self.resolve(x) for x in a)
+                return self.t["Mappings"][m][a1][a2]
             if k == "Fn::GetAtt":
                 return f"<{a[0]}.{a[1]}>"
             if k == "Fn::Join":
@@ -321,6 +324,43 @@ class DeployerRole(unittest.TestCase):
         dev = next(s for s in pipeline["Pipeline"]["Properties"]["Stages"] if s["Name"] == "DeployDev")
         res = self.render(DEV)
         self.assertEqual({a["RoleArn"] for a in dev["Actions"]}, {f"arn:aws:iam::{DEV}:role/{res['DeployerRole']['Properties']['RoleName']}"})
+
+
+class ImageRecipes(unittest.TestCase):
+    """image-builder.yml for each supported OS and architecture."""
+
+    CASES = [
+        ("al2023", "x86_64", "/dev/xvda", "amazon-linux-2023-x86/x.x.x"),
+        ("al2023", "aarch64", "/dev/xvda", "amazon-linux-2023-arm64/x.x.x"),
+        ("ubuntu2204", "x86_64", "/dev/sda1", "ubuntu-server-22-lts-x86/x.x.x"),
+        ("ubuntu2204", "aarch64", "/dev/sda1", "ubuntu-server-22-lts-arm64/x.x.x"),
+        ("ubuntu2404", "x86_64", "/dev/sda1", "ubuntu-server-24-lts-x86/x.x.x"),
+        ("ubuntu2404", "aarch64", "/dev/sda1", "ubuntu-server-24-lts-arm64/x.x.x"),
+    ]
+
+    def test_root_device_parent_image_and_artifact_architecture_follow_the_parameters(self):
+        for os_name, arch, device, parent in self.CASES:
+            with self.subTest(os=os_name, arch=arch):
+                res = Renderer(
+                    load("image-builder.yml"),
+                    {"OperatingSystem": os_name, "Architecture": arch, "AgentVersion": "1.0.0", "AgentSha256": "0" * 64},
+                ).resources()
+                for recipe in ("QatRecipe", "ProdRecipe"):
+                    props = res[recipe]["Properties"]
+                    self.assertEqual(props["ParentImage"], f"arn:aws:imagebuilder:us-east-1:aws:image/{parent}")
+                    (mapping,) = props["BlockDeviceMappings"]
+                    self.assertEqual(mapping["DeviceName"], device)
+                    agent = next(c for c in props["Components"] if c["ComponentArn"] == "<AgentComponent>")
+                    params = {p["Name"]: p["Value"] for p in agent["Parameters"]}
+                    self.assertEqual(params["Arch"], [arch])
+                self.assertEqual(set(res["AgentComponent"]["Properties"]["SupportedOsVersions"]), {"Amazon Linux 2023", "Ubuntu"})
+
+    def test_an_explicit_parent_image_wins(self):
+        res = Renderer(
+            load("image-builder.yml"),
+            {"ParentImage": "my-image/1.0.0", "AgentVersion": "1.0.0", "AgentSha256": "0" * 64},
+        ).resources()
+        self.assertEqual(res["QatRecipe"]["Properties"]["ParentImage"], "arn:aws:imagebuilder:us-east-1:aws:image/my-image/1.0.0")
 
 
 if __name__ == "__main__":
