@@ -144,8 +144,11 @@ def os_environment(tmp, os_set, machine):
 
 def agent_binary():
     """The real agent built by cargo (debug, else release), or None."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    if not target.is_absolute():
+        target = REPO / target
     for profile in ("debug", "release"):
-        path = REPO / "target" / profile / "codedeploy-agent"
+        path = target / profile / "codedeploy-agent"
         if path.is_file() and os.access(path, os.X_OK):
             return path
     return None
