@@ -92,7 +92,7 @@ pub fn check(path: &Path, os: appspec::Os) -> Result<Vec<Finding>, ValidateUsage
         .map_err(|e| ValidateUsageError(format!("cannot read {}: {e}", path.display())))?;
     let _scratch;
     let (bundle, appspec_path) = if meta.is_dir() {
-        let found = ["appspec.yml", "appspec.yaml"]
+        let found = ["appspec.yml", "appspec.yaml", "appspec.json"]
             .iter()
             .map(|n| path.join(n))
             .find(|p| p.is_file());
@@ -128,7 +128,7 @@ pub fn check(path: &Path, os: appspec::Os) -> Result<Vec<Finding>, ValidateUsage
                         e.to_string(),
                     )]);
                 }
-                let found = ["appspec.yml", "appspec.yaml"]
+                let found = ["appspec.yml", "appspec.yaml", "appspec.json"]
                     .iter()
                     .map(|n| target.join(n))
                     .find(|p| p.is_file());
@@ -155,6 +155,17 @@ pub fn check(path: &Path, os: appspec::Os) -> Result<Vec<Finding>, ValidateUsage
     let text = fs::read_to_string(&appspec_path)
         .map_err(|e| ValidateUsageError(format!("cannot read {}: {e}", appspec_path.display())))?;
     let mut findings = Vec::new();
+    // ECS and Lambda appspecs (a top-level Resources list) have their own structure and no
+    // bundle to check.
+    if let Some(platform) = appspec::platform::check(&text) {
+        findings.extend(
+            platform
+                .diagnostics
+                .into_iter()
+                .map(|d| Finding::new(&name, d.position, d.severity, d.message)),
+        );
+        return Ok(findings);
+    }
     let spec = match appspec::parse(&text, os) {
         Ok(parsed) => {
             findings.extend(

@@ -116,6 +116,44 @@ def make_artifact(directory, version, arch, with_prepare_image):
     return path
 
 
+
+OS_RELEASES = {
+    "al2023": 'ID="amzn"\nVERSION_ID="2023"\nPRETTY_NAME="Amazon Linux 2023.6.20250107"\n',
+    "ubuntu2204": 'ID=ubuntu\nVERSION_ID="22.04"\nPRETTY_NAME="Ubuntu 22.04.5 LTS"\n',
+    "ubuntu2404": 'ID=ubuntu\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04.1 LTS"\n',
+    "debian12": 'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n',
+}
+
+
+def os_environment(tmp, os_set, machine):
+    """The environment for one parameter set: its /etc/os-release, its `uname -m`, and
+    dnf/apt-get stubs first on PATH that record how they were called (the real package
+    managers would change this machine)."""
+    release = Path(tmp) / f"os-release-{os_set}"
+    release.write_text(OS_RELEASES[os_set])
+    stubs = Path(tmp) / "stubs"
+    stubs.mkdir(exist_ok=True)
+    log = Path(tmp) / "package-manager.log"
+    for manager in ("dnf", "apt-get"):
+        stub = stubs / manager
+        stub.write_text(f'#!/bin/sh\necho "{manager} $*" >> "{log}"\n')
+        stub.chmod(0o755)
+    env = {**os.environ, "CDA_OS_RELEASE": str(release), "CDA_MACHINE": machine, "PATH": f"{stubs}:{os.environ['PATH']}"}
+    return env, log
+
+
+def agent_binary():
+    """The real agent built by cargo (debug, else release), or None."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    if not target.is_absolute():
+        target = REPO / target
+    for profile in ("debug", "release"):
+        path = target / profile / "codedeploy-agent"
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
+
+
 class Schema(unittest.TestCase):
     def test_top_level(self):
         doc = load()
@@ -187,7 +225,7 @@ class Schema(unittest.TestCase):
 class BuildPhase(unittest.TestCase):
     """Runs the build phase's ExecuteBash steps in order against a temporary root."""
 
-    def run_build(self, with_prepare_image=False, sha=None, leftovers=True):
+    def run_build(self, with_prepare_image=False, sha=None, leftovers=True, os_set="al2023", arch="x86_64", machine=None):
         tmp = Path(tempfile.mkdtemp(prefix="cda-component-"))
         self.addCleanup(shutil.rmtree, tmp, True)
         root, work = tmp / "root", tmp / "work"
@@ -199,10 +237,11 @@ class BuildPhase(unittest.TestCase):
             (root / "var/log/aws/codedeploy-agent/codedeploy-agent.log").write_text("old\n")
             (root / "opt/codedeploy-agent/state/.pid/codedeploy-agent.pid").write_text("42\n")
         doc = load()
-        artifact = make_artifact(tmp, "1.2.3", "x86_64", with_prepare_image)
+        artifact = make_artifact(tmp, "1.2.3", arch, with_prepare_image)
+        env, self.pkg_log = os_environment(tmp, os_set, machine or arch)
         params = {
             "Version": "1.2.3",
-            "Arch": "x86_64",
+            "Arch": arch,
             "ArtifactBucket": "bucket",
             "ArtifactPrefix": "codedeploy-agent",
             "Sha256": sha or hashlib.sha256(artifact.read_bytes()).hexdigest(),
@@ -213,7 +252,7 @@ class BuildPhase(unittest.TestCase):
                 (item,) = step["inputs"]
                 self.assertEqual(
                     substitute(item["source"], params),
-                    "s3://bucket/codedeploy-agent/1.2.3/codedeploy-agent-1.2.3-x86_64.tar.gz",
+                    f"s3://bucket/codedeploy-agent/1.2.3/codedeploy-agent-1.2.3-{arch}.tar.gz",
                 )
                 dest = Path(item["destination"])
                 self.assertEqual(str(dest.parent), DEFAULT_WORKDIR)
@@ -223,7 +262,7 @@ class BuildPhase(unittest.TestCase):
             script = "\n".join(substitute(c, params) for c in step["inputs"]["commands"])
             proc = subprocess.run(
                 ["bash", "-c", script],
-                env={**os.environ, "CDA_ROOT": str(root), "CDA_WORKDIR": str(work)},
+                env={**env, "CDA_ROOT": str(root), "CDA_WORKDIR": str(work)},
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -237,7 +276,10 @@ class BuildPhase(unittest.TestCase):
         root, work, results = self.run_build()
         for name, proc in results:
             self.assertEqual(proc.returncode, 0, f"{name}: {proc.stderr}")
-        self.assertEqual([n for n, _ in results], ["VerifyChecksum", "InstallAgent", "EnableService", "PrepareImage"])
+        self.assertEqual(
+            [n for n, _ in results],
+            ["CheckPlatform", "InstallPrerequisites", "VerifyChecksum", "InstallAgent", "EnableService", "PrepareImage"],
+        )
         binary = root / "opt/codedeploy-agent/bin/codedeploy-agent"
         self.assertTrue(os.access(binary, os.X_OK))
         self.assertTrue((root / "etc/codedeploy-agent/conf/codedeployagent.yml").is_file())
@@ -275,14 +317,70 @@ class BuildPhase(unittest.TestCase):
 
     def test_checksum_mismatch_aborts_before_installing(self):
         root, _, results = self.run_build(sha="0" * 64)
-        self.assertEqual([n for n, _ in results], ["VerifyChecksum"])
-        self.assertNotEqual(results[0][1].returncode, 0)
-        self.assertIn("checksum mismatch", results[0][1].stderr)
+        self.assertEqual([n for n, _ in results], ["CheckPlatform", "InstallPrerequisites", "VerifyChecksum"])
+        self.assertNotEqual(results[-1][1].returncode, 0)
+        self.assertIn("checksum mismatch", results[-1][1].stderr)
         self.assertFalse((root / "opt/codedeploy-agent/bin").exists())
 
     def test_malformed_checksum_parameter_is_rejected(self):
         _, _, results = self.run_build(sha="not-a-sha")
-        self.assertIn("not 64 hex characters", results[0][1].stderr)
+        self.assertIn("not 64 hex characters", results[-1][1].stderr)
+
+    def test_ubuntu_and_al2023_parameter_sets_use_their_package_manager(self):
+        for os_set, arch, manager in [("al2023", "x86_64", "dnf"), ("ubuntu2204", "aarch64", "apt-get"), ("ubuntu2404", "x86_64", "apt-get")]:
+            with self.subTest(os_set=os_set, arch=arch):
+                root, _, results = self.run_build(os_set=os_set, arch=arch)
+                for name, proc in results:
+                    self.assertEqual(proc.returncode, 0, f"{name}: {proc.stderr}")
+                self.assertIn(f"on {arch}", results[0][1].stdout)
+                (call,) = self.pkg_log.read_text().splitlines()
+                self.assertTrue(call.startswith(f"{manager} install -y"), call)
+                for pkg in ["tar", "gzip", "coreutils", "systemd"]:
+                    self.assertIn(pkg, call.split())
+                self.assertTrue(os.access(root / "opt/codedeploy-agent/bin/codedeploy-agent", os.X_OK))
+
+    def test_architecture_mismatch_and_unsupported_os_abort_first(self):
+        _, _, results = self.run_build(arch="aarch64", machine="x86_64")
+        self.assertEqual([n for n, _ in results], ["CheckPlatform"])
+        self.assertIn("this instance is x86_64 but the recipe asks for the aarch64 artifact", results[0][1].stderr)
+        _, _, results = self.run_build(os_set="debian12")
+        self.assertEqual([n for n, _ in results], ["CheckPlatform"])
+        self.assertIn("unsupported OS", results[0][1].stderr)
+        _, _, results = self.run_build(arch="arm64", machine="arm64")
+        self.assertIn("Arch must be x86_64 or aarch64", results[0][1].stderr)
+
+
+class TestPhase(unittest.TestCase):
+    """The test phase's LocalDeploymentWorks step with the real agent binary: a `codedeploy-agent
+    local` deployment of the bundle the step writes, under a scratch configuration."""
+
+    def test_local_deployment_installs_the_file_and_runs_the_hook(self):
+        agent = agent_binary()
+        if agent is None:
+            if os.environ.get("CI") == "true":
+                self.fail("target/*/codedeploy-agent missing: run cargo build first")
+            self.skipTest("skipped: no built codedeploy-agent (cargo build)")
+        (step,) = [s for s in steps(load(), "test") if s["name"] == "LocalDeploymentWorks"]
+        script = "\n".join(step["inputs"]["commands"])
+        proc = subprocess.run(
+            ["bash", "-c", script], env={**os.environ, "CDA_AGENT": str(agent)}, capture_output=True, text=True, timeout=120
+        )
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertIn("deployed the test bundle and ran its hook", proc.stdout)
+
+    def test_a_failing_hook_fails_the_step(self):
+        agent = agent_binary()
+        if agent is None:
+            if os.environ.get("CI") == "true":
+                self.fail("target/*/codedeploy-agent missing: run cargo build first")
+            self.skipTest("skipped: no built codedeploy-agent (cargo build)")
+        (step,) = [s for s in steps(load(), "test") if s["name"] == "LocalDeploymentWorks"]
+        script = "\n".join(step["inputs"]["commands"]).replace('grep -qx "hello from the image test" "$work/installed/hello.txt"\necho', "exit 3\necho", 1)
+        self.assertIn("exit 3", script)
+        proc = subprocess.run(
+            ["bash", "-c", script], env={**os.environ, "CDA_AGENT": str(agent)}, capture_output=True, text=True, timeout=120
+        )
+        self.assertNotEqual(proc.returncode, 0, proc.stdout)
 
 
 if __name__ == "__main__":

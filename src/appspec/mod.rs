@@ -1,10 +1,12 @@
 //! The EC2/on-premises appspec: parse `appspec.yml` exactly as the AWS agent reads it
 //! (agent-behaviour.md §5.2–§5.6), but report every problem at once with `line:column`.
+//! `platform` checks ECS and Lambda appspecs (recognised by their `Resources` list) for `validate`.
 
 mod acl;
 pub mod model;
 mod parse;
 pub mod pattern;
+pub mod platform;
 pub(crate) mod ruby;
 mod selinux;
 mod yaml;
