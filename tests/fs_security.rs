@@ -176,3 +176,89 @@ fn a_huge_appspec_is_refused_and_an_inside_symlink_works() {
     assert_eq!(plan(&s, &b, &[]).code, 0);
     assert_eq!(validate(&s, &b).code, 0);
 }
+
+/// Every path under `dir` (itself included) that another user could write: group or other
+/// write, or an owner other than the agent's.
+fn writable_by_others(dir: &Path) -> Vec<String> {
+    let me = unsafe { libc::geteuid() };
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).expect("lstat");
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        if m.mode() & 0o022 != 0 || m.uid() != me {
+            out.push(format!(
+                "{} mode {:o} uid {}",
+                p.display(),
+                m.mode() & 0o7777,
+                m.uid()
+            ));
+        }
+        if m.is_dir() {
+            stack.extend(
+                fs::read_dir(&p)
+                    .expect("read_dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        }
+    }
+    out
+}
+
+/// Item 7: a tar whose `./` is 0777 and owned by a host uid, with a world-writable scripts
+/// directory and script, leaves nothing in the agent's deployment-archive that another user
+/// could write (so nobody can replace the script the next ApplicationStop runs).
+#[test]
+fn a_world_writable_or_foreign_owned_tar_leaves_the_agents_tree_unwritable_by_others() {
+    let s = Sandbox::new();
+    let b = s.bundle(
+        "ww",
+        &[
+            (
+                "appspec.yml",
+                "version: 0.0\nos: linux\nhooks:\n  ApplicationStop:\n    - location: scripts/stop.sh\n",
+            ),
+            ("scripts/stop.sh", "#!/bin/sh\n"),
+        ],
+    );
+    let tgz = s.path().join("ww.tgz");
+    let ok = Command::new("tar")
+        .args([
+            "--owner=4242",
+            "--group=4242",
+            "--numeric-owner",
+            "--mode=a+rwX",
+            "-czf",
+        ])
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&b)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(ok.success());
+    let r = local(&s, &tgz, &["-t", "tgz"]);
+    r.assert_ok();
+    let archive = Sandbox::deployment_dir(&r).join("deployment-archive");
+    let bad = writable_by_others(&archive);
+    assert!(bad.is_empty(), "writable by others:\n{}", bad.join("\n"));
+    // Same for a zip with 0777 entries.
+    let zip = s.path().join("ww.zip");
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && chmod -R a+rwX . && zip -qr '{}' .",
+            b.display(),
+            zip.display()
+        ))
+        .status()
+        .expect("zip");
+    assert!(ok.success());
+    let r = local(&s, &zip, &["-t", "zip"]);
+    r.assert_ok();
+    let archive = Sandbox::deployment_dir(&r).join("deployment-archive");
+    let bad = writable_by_others(&archive);
+    assert!(bad.is_empty(), "writable by others:\n{}", bad.join("\n"));
+}
