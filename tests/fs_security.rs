@@ -262,3 +262,128 @@ fn a_world_writable_or_foreign_owned_tar_leaves_the_agents_tree_unwritable_by_ot
     let bad = writable_by_others(&archive);
     assert!(bad.is_empty(), "writable by others:\n{}", bad.join("\n"));
 }
+
+/// A system user created for one test and removed afterwards.
+struct TestUser(String);
+
+impl TestUser {
+    fn create() -> Self {
+        let name = format!("cdfs{}", std::process::id());
+        let status = Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh", "-d", "/nonexistent-cdfs", &name])
+            .status()
+            .expect("useradd runs");
+        assert!(status.success(), "useradd {name}");
+        TestUser(name)
+    }
+
+    fn uid(&self) -> u32 {
+        nix::unistd::User::from_name(&self.0)
+            .expect("getpwnam")
+            .expect("user")
+            .uid
+            .as_raw()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+    }
+}
+
+fn needs_root() -> bool {
+    if support::is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI=true: this test must run as root"
+    );
+    println!("skipped: needs root (useradd, a root-owned secret)");
+    false
+}
+
+/// Item 2: a non-root user who owns the destination directory keeps swapping an installed
+/// file for a symlink to a root-owned 0600 file outside, and the installed directory for a
+/// symlink to an outside directory, while 30 deployments run (each one cleaning up the
+/// previous install, copying, making directories, and applying mode, owner and ACL). Nothing
+/// outside changes: not the secret's mode, owner or content, not the outside directory's file.
+#[test]
+fn a_swapping_user_cannot_redirect_permissions_or_cleanup_outside_the_destination() {
+    if !needs_root() {
+        return;
+    }
+    let s = Sandbox::new();
+    let user = TestUser::create();
+    fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let secret = s.path().join("secret");
+    fs::write(&secret, "root only\n").expect("write");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let outdir = s.path().join("outdir");
+    fs::create_dir(&outdir).expect("mkdir");
+    fs::write(outdir.join("victim"), "keep me\n").expect("write");
+    fs::set_permissions(outdir.join("victim"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    let app = s.dest().join("app");
+    fs::create_dir(&app).expect("mkdir");
+    nix::unistd::chown(&app, Some(user.uid().into()), None).expect("chown");
+
+    let text = format!(
+        "version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: {app}\n\
+         permissions:\n  - object: {app}\n    mode: 666\n    owner: {u}\n    acls:\n      - u:{u}:rw\n    type:\n      - file\n\
+         \x20 - object: {app}\n    mode: 777\n    owner: {u}\n    type:\n      - directory\n",
+        app = app.display(),
+        u = user.0
+    );
+    let b = s.bundle(
+        "race",
+        &[
+            ("appspec.yml", &text),
+            ("app/index.html", "x"),
+            ("app/sub/victim", "y"),
+        ],
+    );
+    let attack = format!(
+        "end=$(($(date +%s) + 120)); while [ $(date +%s) -lt $end ]; do \
+           ln -sf '{secret}' '{app}/index.html' 2>/dev/null; \
+           mv '{app}/sub' '{app}/sub.old' 2>/dev/null && ln -s '{outdir}' '{app}/sub' 2>/dev/null; \
+           rm -rf '{app}/sub.old' 2>/dev/null; \
+         done",
+        secret = secret.display(),
+        app = app.display(),
+        outdir = outdir.display()
+    );
+    let mut attacker = Command::new("su")
+        .args(["-s", "/bin/sh", &user.0, "-c", &attack])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn attacker");
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..30 {
+        let r = local(&s, &b, &[]);
+        if r.code == 0 { ok += 1 } else { failed += 1 }
+    }
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-u", &user.0])
+        .status();
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    println!("{ok} deployments succeeded, {failed} refused or failed");
+    let m = fs::metadata(&secret).expect("secret");
+    assert_eq!(m.mode() & 0o7777, 0o600, "the secret's mode changed");
+    assert_eq!(m.uid(), 0, "the secret's owner changed");
+    assert_eq!(fs::read_to_string(&secret).expect("read"), "root only\n");
+    let v = fs::metadata(outdir.join("victim")).expect("the outside file was deleted");
+    assert_eq!(v.mode() & 0o7777, 0o600, "the outside file's mode changed");
+    assert_eq!(v.uid(), 0, "the outside file's owner changed");
+    assert_eq!(
+        fs::read_to_string(outdir.join("victim")).expect("read"),
+        "keep me\n"
+    );
+    assert!(
+        fs::read_dir(&outdir).expect("ls").count() == 1,
+        "something was written outside"
+    );
+}
