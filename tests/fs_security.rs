@@ -387,3 +387,58 @@ fn a_swapping_user_cannot_redirect_permissions_or_cleanup_outside_the_destinatio
         "something was written outside"
     );
 }
+
+/// Item 2, compatibility: symlinks that existed before the deployment and are owned by root
+/// (the destination root itself, `shared -> /mnt/efs`) keep working as with the AWS agent;
+/// one owned by another user is refused with a message naming it, and nothing is written
+/// through it.
+#[test]
+fn pre_existing_root_owned_destination_symlinks_are_followed_and_foreign_ones_refused() {
+    let s = Sandbox::new();
+    let real = s.path().join("real-app");
+    let efs = s.path().join("efs");
+    fs::create_dir_all(&real).expect("mkdir");
+    fs::create_dir_all(&efs).expect("mkdir");
+    symlink(&real, s.dest().join("app")).expect("link root");
+    symlink(&efs, real.join("shared")).expect("link shared");
+    let text = format!(
+        "version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: {}\n\
+         permissions:\n  - object: {}\n    mode: 640\n    type:\n      - file\n",
+        s.dest().join("app").display(),
+        s.dest().join("app").display()
+    );
+    let b = s.bundle(
+        "trusted",
+        &[
+            ("appspec.yml", &text),
+            ("app/index.html", "x"),
+            ("app/shared/data.txt", "d"),
+        ],
+    );
+    local(&s, &b, &[]).assert_ok();
+    assert_eq!(fs::read_to_string(real.join("index.html")).expect("read"), "x");
+    assert_eq!(fs::read_to_string(efs.join("data.txt")).expect("read"), "d");
+    assert_eq!(fs::metadata(efs.join("data.txt")).expect("meta").mode() & 0o777, 0o640);
+    // The second deployment cleans the first up through the same links, and the links stay.
+    local(&s, &b, &[]).assert_ok();
+    assert!(fs::symlink_metadata(real.join("shared")).expect("shared").file_type().is_symlink());
+    assert_eq!(fs::read_to_string(efs.join("data.txt")).expect("read"), "d");
+
+    if !needs_root() {
+        return;
+    }
+    let user = TestUser::create();
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        &real.join("shared"),
+        Some(user.uid().into()),
+        None,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .expect("chown -h");
+    fs::remove_file(efs.join("data.txt")).ok();
+    let r = local(&s, &b, &[]);
+    r.assert_failed_with("refusing to follow the symlink");
+    assert!(r.stdout.contains("owned by uid"), "{}", r.stdout);
+    assert!(!efs.join("data.txt").exists(), "written through a foreign symlink");
+}
