@@ -267,8 +267,8 @@ fn a_world_writable_or_foreign_owned_tar_leaves_the_agents_tree_unwritable_by_ot
 struct TestUser(String);
 
 impl TestUser {
-    fn create() -> Self {
-        let name = format!("cdfs{}", std::process::id());
+    fn create(tag: &str) -> Self {
+        let name = format!("cdfs{tag}{}", std::process::id());
         let status = Command::new("useradd")
             .args(["-M", "-s", "/bin/sh", "-d", "/nonexistent-cdfs", &name])
             .status()
@@ -315,7 +315,7 @@ fn a_swapping_user_cannot_redirect_permissions_or_cleanup_outside_the_destinatio
         return;
     }
     let s = Sandbox::new();
-    let user = TestUser::create();
+    let user = TestUser::create("r");
     fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let secret = s.path().join("secret");
     fs::write(&secret, "root only\n").expect("write");
@@ -416,18 +416,29 @@ fn pre_existing_root_owned_destination_symlinks_are_followed_and_foreign_ones_re
         ],
     );
     local(&s, &b, &[]).assert_ok();
-    assert_eq!(fs::read_to_string(real.join("index.html")).expect("read"), "x");
+    assert_eq!(
+        fs::read_to_string(real.join("index.html")).expect("read"),
+        "x"
+    );
     assert_eq!(fs::read_to_string(efs.join("data.txt")).expect("read"), "d");
-    assert_eq!(fs::metadata(efs.join("data.txt")).expect("meta").mode() & 0o777, 0o640);
+    assert_eq!(
+        fs::metadata(efs.join("data.txt")).expect("meta").mode() & 0o777,
+        0o640
+    );
     // The second deployment cleans the first up through the same links, and the links stay.
     local(&s, &b, &[]).assert_ok();
-    assert!(fs::symlink_metadata(real.join("shared")).expect("shared").file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(real.join("shared"))
+            .expect("shared")
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(fs::read_to_string(efs.join("data.txt")).expect("read"), "d");
 
     if !needs_root() {
         return;
     }
-    let user = TestUser::create();
+    let user = TestUser::create("t");
     nix::unistd::fchownat(
         nix::fcntl::AT_FDCWD,
         &real.join("shared"),
@@ -440,5 +451,8 @@ fn pre_existing_root_owned_destination_symlinks_are_followed_and_foreign_ones_re
     let r = local(&s, &b, &[]);
     r.assert_failed_with("refusing to follow the symlink");
     assert!(r.stdout.contains("owned by uid"), "{}", r.stdout);
-    assert!(!efs.join("data.txt").exists(), "written through a foreign symlink");
+    assert!(
+        !efs.join("data.txt").exists(),
+        "written through a foreign symlink"
+    );
 }

@@ -325,6 +325,47 @@ pub fn reopen_same(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat) -> io::Resu
     Ok(fd)
 }
 
+/// `fchmodat2` (Linux 6.6), the same number on every architecture's generic table.
+const SYS_FCHMODAT2: libc::c_long = 452;
+
+/// Set once the kernel (or a seccomp filter) refused `fchmodat2`.
+static NO_FCHMODAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the mode of `name` in `dir` without following a symlink there: one `fchmodat2(...,
+/// AT_SYMLINK_NOFOLLOW)` where the kernel has it, else an `O_PATH | O_NOFOLLOW` descriptor
+/// ([`open_object`], [`chmod_object`]). `Ok(false)`: it is a symlink, left alone.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, bits: u32) -> io::Result<bool> {
+    use std::sync::atomic::Ordering;
+    if !NO_FCHMODAT2.load(Ordering::Relaxed) {
+        let c = CString::new(name.as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: a valid descriptor and NUL-terminated name; the call reads nothing else.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_FCHMODAT2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                bits as libc::c_uint,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // A symlink: no mode of its own.
+            Some(libc::EOPNOTSUPP) => return Ok(false),
+            Some(libc::ENOSYS | libc::EPERM) => NO_FCHMODAT2.store(true, Ordering::Relaxed),
+            _ => return Err(e),
+        }
+    }
+    match open_object(dir, name)? {
+        None => Ok(false),
+        Some((fd, st)) => chmod_object(dir, name, fd.as_fd(), &st, bits).map(|()| true),
+    }
+}
+
 /// Sets the mode of the object `fd` (from [`open_object`]).
 pub fn chmod_object(
     dir: BorrowedFd<'_>,

@@ -104,10 +104,9 @@ fn sys_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Permiss
 /// cannot redirect the change. Symlinks have no mode of their own on Linux and are skipped.
 pub fn chmod(walker: &mut DestWalker, path: &Path, bits: u32) -> Result<(), PermissionError> {
     let (dir, name) = walker.parent(path).map_err(walk_err(path))?;
-    let Some((fd, st)) = dest::open_object(dir, name).map_err(sys_err("open", path))? else {
-        return Ok(());
-    };
-    dest::chmod_object(dir, name, fd.as_fd(), &st, bits).map_err(sys_err("chmod", path))
+    dest::chmod_at(dir, name, bits)
+        .map(drop)
+        .map_err(sys_err("chmod", path))
 }
 
 /// Changes owner and/or group of `path` itself (`fchownat` on its parent's descriptor, a
