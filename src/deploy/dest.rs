@@ -395,6 +395,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chmod_at_changes_files_and_skips_symlinks_with_and_without_fchmodat2() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "x").expect("write");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        symlink(&target, tmp.path().join("link")).expect("link");
+        std::fs::write(tmp.path().join("file"), "y").expect("write");
+        let dir = nix::fcntl::open(tmp.path(), dir_flags(), Mode::empty()).expect("open");
+        for forced in [false, true] {
+            NO_FCHMODAT2.store(forced, std::sync::atomic::Ordering::Relaxed);
+            assert!(!chmod_at(dir.as_fd(), OsStr::new("link"), 0o666).expect("link"));
+            assert!(chmod_at(dir.as_fd(), OsStr::new("file"), 0o640).expect("file"));
+            let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode(&target), 0o600, "forced fallback: {forced}");
+            assert_eq!(mode(&tmp.path().join("file")), 0o640);
+            std::fs::set_permissions(
+                tmp.path().join("file"),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .expect("reset");
+        }
+        NO_FCHMODAT2.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[test]
     fn trusted_links_are_followed_and_new_ones_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let real = tmp.path().join("real");
