@@ -20,13 +20,10 @@ use crate::revision::archive::{self, BundleType, UnpackOptions};
 use crate::validate::ScratchDir;
 
 fn read_appspec(dir: &Path, names: &[&str]) -> Result<(PathBuf, AppSpec), String> {
-    let path = names
-        .iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
+    let opened = appspec::open_appspec(dir, names)
+        .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no {} in {}", names.join(" or "), dir.display()))?;
-    let text =
-        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (path, text) = (opened.path, opened.text);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -90,25 +90,33 @@ impl Drop for ScratchDir {
 pub fn check(path: &Path, os: appspec::Os) -> Result<Vec<Finding>, ValidateUsageError> {
     let meta = fs::metadata(path)
         .map_err(|e| ValidateUsageError(format!("cannot read {}: {e}", path.display())))?;
-    let _scratch;
-    let (bundle, appspec_path) = if meta.is_dir() {
-        let found = ["appspec.yml", "appspec.yaml", "appspec.json"]
-            .iter()
-            .map(|n| path.join(n))
-            .find(|p| p.is_file());
-        match found {
-            Some(p) => (Some(path.to_path_buf()), p),
-            None => {
-                return Ok(vec![Finding::new(
-                    "appspec.yml",
-                    None,
-                    Severity::Error,
-                    format!(
-                        "no appspec.yml or appspec.yaml in the bundle directory {}",
-                        path.display()
-                    ),
-                )]);
-            }
+    let _scratch: ScratchDir;
+    let opened_in = |dir: &Path,
+                     label: &str,
+                     missing: String|
+     -> Result<appspec::OpenedAppSpec, Vec<Finding>> {
+        match appspec::open_appspec(dir, &["appspec.yml", "appspec.yaml", "appspec.json"]) {
+            Ok(Some(o)) => Ok(o),
+            Ok(None) => Err(vec![Finding::new(label, None, Severity::Error, missing)]),
+            Err(e) => Err(vec![Finding::new(
+                label,
+                None,
+                Severity::Error,
+                e.to_string(),
+            )]),
+        }
+    };
+    let (bundle, name, text) = if meta.is_dir() {
+        match opened_in(
+            path,
+            "appspec.yml",
+            format!(
+                "no appspec.yml or appspec.yaml in the bundle directory {}",
+                path.display()
+            ),
+        ) {
+            Ok(o) => (Some(path.to_path_buf()), o.name, o.text),
+            Err(findings) => return Ok(findings),
         }
     } else {
         match archive::detect(path)
@@ -128,32 +136,42 @@ pub fn check(path: &Path, os: appspec::Os) -> Result<Vec<Finding>, ValidateUsage
                         e.to_string(),
                     )]);
                 }
-                let found = ["appspec.yml", "appspec.yaml", "appspec.json"]
-                    .iter()
-                    .map(|n| target.join(n))
-                    .find(|p| p.is_file());
+                let found = opened_in(
+                    &target,
+                    &archive_name,
+                    "the bundle has no appspec.yml or appspec.yaml at its top level (or in a single top-level directory)".into(),
+                );
                 _scratch = scratch;
                 match found {
-                    Some(p) => (Some(target), p),
-                    None => {
-                        return Ok(vec![Finding::new(
-                            &archive_name,
-                            None,
-                            Severity::Error,
-                            "the bundle has no appspec.yml or appspec.yaml at its top level (or in a single top-level directory)".into(),
-                        )]);
-                    }
+                    Ok(o) => (Some(target), o.name, o.text),
+                    Err(findings) => return Ok(findings),
                 }
             }
-            None => (None, path.to_path_buf()),
+            None => {
+                // A single appspec file named on the command line (a symlink there is the
+                // user's own choice): read through the same lookup, with the same limits.
+                let real = fs::canonicalize(path).map_err(|e| {
+                    ValidateUsageError(format!("cannot read {}: {e}", path.display()))
+                })?;
+                let dir = real.parent().unwrap_or(Path::new("/"));
+                let file_name = real
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match appspec::open_appspec(dir, &[file_name.as_str()]) {
+                    Ok(Some(o)) => (None, o.name, o.text),
+                    Ok(None) => {
+                        return Err(ValidateUsageError(format!(
+                            "cannot read {}: {}",
+                            path.display(),
+                            std::io::Error::from(std::io::ErrorKind::NotFound)
+                        )));
+                    }
+                    Err(e) => return Err(ValidateUsageError(e.to_string())),
+                }
+            }
         }
     };
-    let name = appspec_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let text = fs::read_to_string(&appspec_path)
-        .map_err(|e| ValidateUsageError(format!("cannot read {}: {e}", appspec_path.display())))?;
     let mut findings = Vec::new();
     // ECS and Lambda appspecs (a top-level Resources list) have their own structure and no
     // bundle to check.

@@ -4,6 +4,7 @@
 
 mod acl;
 pub mod model;
+pub mod open;
 mod parse;
 pub mod pattern;
 pub mod platform;
@@ -12,6 +13,7 @@ mod selinux;
 mod yaml;
 
 pub use model::*;
+pub use open::{MAX_APPSPEC_BYTES, OpenAppSpecError, OpenedAppSpec, open_appspec};
 pub use parse::*;
 
 /// The `acls` and `context.range` grammars on their own, for the fuzz targets in `fuzz/`.

@@ -400,14 +400,24 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Finds the appspec Install uses (§5.1): the spec's name, then `appspec.yaml`, then
-    /// `appspec.yml`.
-    fn install_appspec_path(archive_dir: &Path, spec: &DeploymentSpec) -> PathBuf {
-        [spec.app_spec_filename.as_str(), "appspec.yaml"]
-            .iter()
-            .map(|name| archive_dir.join(name))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| archive_dir.join("appspec.yml"))
+    /// Opens the appspec Install uses (§5.1): the spec's name, then `appspec.yaml`, through
+    /// the one lookup every command uses ([`appspec::open_appspec`]).
+    fn install_appspec(
+        archive_dir: &Path,
+        spec: &DeploymentSpec,
+    ) -> Result<appspec::OpenedAppSpec, CommandFailure> {
+        match appspec::open_appspec(
+            archive_dir,
+            &[spec.app_spec_filename.as_str(), "appspec.yaml"],
+        ) {
+            Ok(Some(opened)) => Ok(opened),
+            Ok(None) => Err(CommandFailure::unknown(format!(
+                "could not read the AppSpec file {}: {}",
+                archive_dir.join("appspec.yml").display(),
+                io::Error::from(io::ErrorKind::NotFound)
+            ))),
+            Err(e) => Err(CommandFailure::unknown(e.to_string())),
+        }
     }
 
     fn install(
@@ -419,14 +429,15 @@ impl Executor<'_> {
     ) -> Result<(), CommandFailure> {
         let started = Instant::now();
         let archive_dir = dir.join("deployment-archive");
-        let appspec_path = Self::install_appspec_path(&archive_dir, spec);
-        let appspec = self.load_appspec(&appspec_path)?;
+        let opened = Self::install_appspec(&archive_dir, spec)?;
+        let appspec = self.load_appspec(&opened)?;
         let refused = appspec.hardening_problems(
             self.settings.reject_unsafe_modes,
             self.settings.reject_unconfined_selinux,
         );
         if let Some(first) = refused.first() {
-            let name = appspec_path
+            let name = opened
+                .path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
@@ -435,7 +446,7 @@ impl Executor<'_> {
             return Err(failure);
         }
         if let Some(all) = &spec.all_possible_lifecycle_events {
-            check_lifecycle_events(&appspec, &appspec_path, all, mapping)?;
+            check_lifecycle_events(&appspec, &opened.path, all, mapping)?;
         }
         let summary = install::install_with_progress(
             &InstallRequest {
@@ -456,18 +467,13 @@ impl Executor<'_> {
         Ok(())
     }
 
-    fn load_appspec(&self, path: &Path) -> Result<AppSpec, CommandFailure> {
-        let text = fs::read_to_string(path).map_err(|e| {
-            CommandFailure::unknown(format!(
-                "could not read the AppSpec file {}: {e}",
-                path.display()
-            ))
-        })?;
+    fn load_appspec(&self, opened: &appspec::OpenedAppSpec) -> Result<AppSpec, CommandFailure> {
+        let path = &opened.path;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        appspec::parse(&text, self.settings.os)
+        appspec::parse(&opened.text, self.settings.os)
             .map(|parsed| {
                 for w in &parsed.warnings {
                     tracing::warn!(file = %path.display(), "{}", w.message);
@@ -515,7 +521,9 @@ impl Executor<'_> {
         };
         let archive_dir = revision.join("deployment-archive");
         let appspec_path = archive_dir.join(&spec.app_spec_filename);
-        if !appspec_path.exists() {
+        let opened = appspec::open_appspec(&archive_dir, &[spec.app_spec_filename.as_str()])
+            .map_err(|e| CommandFailure::unknown(e.to_string()))?;
+        let Some(opened) = opened else {
             return Err(CommandFailure::unknown(format!(
                 "The CodeDeploy agent did not find an AppSpec file within the unpacked revision \
                  directory at revision-relative path \"{name}\". The revision was unpacked to \
@@ -526,8 +534,8 @@ impl Executor<'_> {
                 dir = archive_dir.display(),
                 path = appspec_path.display(),
             )));
-        }
-        let appspec = self.load_appspec(&appspec_path)?;
+        };
+        let appspec = self.load_appspec(&opened)?;
         Ok(Some((revision, appspec)))
     }
 

@@ -18,6 +18,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::appspec::{AppSpec, FileExistsBehavior};
+use crate::deploy::dest::{DestWalker, Found, Trust, WalkError};
 use crate::deploy::layout::{DeploymentRoot, write_atomic_with};
 use crate::deploy::permissions::{self, IdCache, PermissionError};
 use crate::deploy::plan::{self, InstallPlan, Instruction, PlanError};
@@ -48,6 +49,8 @@ pub enum InstallError {
         .0.display()
     )]
     NewlineInPath(PathBuf),
+    #[error(transparent)]
+    Walk(#[from] WalkError),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError + use<> {
@@ -99,33 +102,55 @@ pub fn cleanup_previous(root: &DeploymentRoot, group_id: &str) -> Result<usize, 
         Err(e) => return Err(io_err("read the cleanup file", &file)(e)),
     };
     let entries = parse_cleanup(&bytes);
+    let mut walker = DestWalker::new(Trust::now()).map_err(io_err("open", Path::new("/")))?;
     for entry in entries.iter().rev() {
         match entry {
             CleanupEntry::Semanage(path) => permissions::remove_context(path),
-            CleanupEntry::Path(path) => remove_installed(path)?,
+            CleanupEntry::Path(path) => remove_installed(&mut walker, path)?,
         }
     }
     fs::remove_file(&file).map_err(io_err("remove the cleanup file", &file))?;
     Ok(entries.len())
 }
 
-fn remove_installed(path: &Path) -> Result<(), InstallError> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("inspect", path)(e)),
+/// Removes one installed path relative to its parent's descriptor (`unlinkat`), never through
+/// a symlink that is not trusted: an entry whose parent can no longer be reached that way is
+/// left alone (it is not where Install put it any more).
+fn remove_installed(walker: &mut DestWalker, path: &Path) -> Result<(), InstallError> {
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    let (dir, name) = match walker.parent(path) {
+        Ok(x) => x,
+        Err(e) if e.is_missing() => return Ok(()),
+        Err(e @ WalkError::Untrusted { .. }) => {
+            tracing::warn!("not removing {}: {e}", path.display());
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
     };
-    let result = if meta.is_dir() {
-        fs::remove_dir(path)
+    let is_dir = match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+    {
+        Ok(st) => st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+        Err(nix::errno::Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(io_err("inspect", path)(e.into())),
+    };
+    let first = if is_dir {
+        UnlinkatFlags::RemoveDir
     } else {
-        fs::remove_file(path)
+        UnlinkatFlags::NoRemoveDir
+    };
+    let result = match unlinkat(dir, name, first) {
+        // Swapped between the stat and the unlink: the other kind, still by name in `dir`.
+        Err(nix::errno::Errno::ENOTDIR) if is_dir => {
+            unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
+        }
+        Err(nix::errno::Errno::EISDIR) if !is_dir => unlinkat(dir, name, UnlinkatFlags::RemoveDir),
+        other => other,
     };
     match result {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         // A directory that still holds files we did not install survives.
-        Err(e) if meta.is_dir() && e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
-        Err(e) => Err(io_err("remove", path)(e)),
+        Err(nix::errno::Errno::ENOTEMPTY | nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e.into())),
     }
 }
 
@@ -215,6 +240,8 @@ pub fn install_with_progress(
 ) -> Result<InstallSummary, InstallError> {
     let instructions_dir = req.root.instructions_dir();
     fs::create_dir_all(&instructions_dir).map_err(io_err("create", &instructions_dir))?;
+    // Symlinks on destination paths changed after this moment are not followed.
+    let trust = Trust::now();
     let mut summary = InstallSummary {
         removed: cleanup_previous(req.root, req.group_id)?,
         ..InstallSummary::default()
@@ -268,6 +295,8 @@ pub fn install_with_progress(
         .open(&cleanup_path)
         .map_err(io_err("create", &cleanup_path))?;
     let mut executor = Execution {
+        walker: DestWalker::new(trust).map_err(io_err("open", Path::new("/")))?,
+        trust,
         cleanup,
         cleanup_path: &cleanup_path,
         ids: IdCache::default(),
@@ -303,6 +332,9 @@ pub fn install_with_progress(
 const COPY_BATCH: usize = 512;
 
 struct Execution<'a> {
+    /// Destination paths are walked through descriptors (main thread; workers have their own).
+    walker: DestWalker,
+    trust: Trust,
     total_copies: usize,
     progress: &'a mut dyn FnMut(usize, usize),
     cleanup: File,
@@ -382,7 +414,19 @@ impl Pool<'_> {
         instructions: &[Instruction],
         overwritten: &HashSet<PathBuf>,
         preserve_owner: bool,
+        trust: Trust,
     ) {
+        let mut walker = match DestWalker::new(trust) {
+            Ok(w) => w,
+            Err(e) => {
+                let mut q = self.lock();
+                if q.error.is_none() {
+                    q.error = Some(io_err("open", Path::new("/"))(e));
+                }
+                self.idle.notify_all();
+                return;
+            }
+        };
         loop {
             let n = {
                 let mut q = self.lock();
@@ -406,6 +450,7 @@ impl Pool<'_> {
                     destination,
                     symlink,
                 } => copy_one(
+                    &mut walker,
                     source,
                     destination,
                     *symlink,
@@ -465,9 +510,12 @@ impl Execution<'_> {
         };
         let overwritten = std::mem::take(&mut self.overwritten);
         let preserve_owner = self.preserve_owner;
+        let trust = self.trust;
         let result = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
-                .map(|_| scope.spawn(|| pool.worker(instructions, &overwritten, preserve_owner)))
+                .map(|_| {
+                    scope.spawn(|| pool.worker(instructions, &overwritten, preserve_owner, trust))
+                })
                 .collect();
             let result = self.run_with(instructions, Some(&pool));
             pool.close();
@@ -514,21 +562,37 @@ impl Execution<'_> {
                         in_flight = true;
                     }
                     // Made by an earlier entry of this plan or by someone else since the plan
-                    // was built: then it is not ours to remove.
-                    if fs::symlink_metadata(directory).is_ok_and(|m| m.is_dir()) {
-                        continue;
+                    // was built (or a trusted symlink to a directory, like `shared ->
+                    // /mnt/efs`): then it is not ours to remove.
+                    match self.walker.lookup(directory)? {
+                        Found::Dir | Found::LinkToDir => continue,
+                        Found::Nothing => {}
+                        Found::Other => {
+                            return Err(io_err("create directory", directory)(io::Error::from(
+                                io::ErrorKind::AlreadyExists,
+                            )));
+                        }
                     }
                     // Write-ahead, like the copies: the directory is in the cleanup file before
                     // it exists, so a kill between the two leaves nothing unrecorded. (Should
                     // someone create it in that instant, it is recorded as ours and removed by
                     // the next cleanup only if empty.)
                     self.record(directory.as_os_str().as_bytes(), directory)?;
-                    match fs::create_dir(directory) {
+                    let (dir, name) = self.walker.parent(directory)?;
+                    match nix::sys::stat::mkdirat(
+                        dir,
+                        name,
+                        nix::sys::stat::Mode::from_bits_truncate(0o777),
+                    ) {
                         Ok(()) => {}
-                        Err(e)
-                            if e.kind() == io::ErrorKind::AlreadyExists
-                                && fs::metadata(directory).is_ok_and(|m| m.is_dir()) => {}
-                        Err(e) => return Err(io_err("create directory", directory)(e)),
+                        Err(nix::errno::Errno::EEXIST)
+                            if nix::sys::stat::fstatat(
+                                dir,
+                                name,
+                                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                            )
+                            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) => {}
+                        Err(e) => return Err(io_err("create directory", directory)(e.into())),
                     }
                     self.summary.directories += 1;
                 }
@@ -591,7 +655,14 @@ impl Execution<'_> {
                     } = &instructions[n]
                     {
                         let replace = self.overwritten.contains(&**destination);
-                        copy_one(source, destination, *symlink, replace, self.preserve_owner)?;
+                        copy_one(
+                            &mut self.walker,
+                            source,
+                            destination,
+                            *symlink,
+                            replace,
+                            self.preserve_owner,
+                        )?;
                         self.summary.copied += 1;
                     }
                 }
@@ -621,7 +692,7 @@ impl Execution<'_> {
         match ins {
             Instruction::Copy { .. } | Instruction::Mkdir { .. } => {}
             Instruction::Chmod { mode, file } => {
-                permissions::chmod(file, mode.bits)?;
+                permissions::chmod(&mut self.walker, file, mode.bits)?;
                 self.summary.permissions += 1;
             }
             Instruction::Chown { owner, group, file } => {
@@ -633,11 +704,11 @@ impl Execution<'_> {
                     .as_deref()
                     .map(|g| self.ids.gid(g, file))
                     .transpose()?;
-                permissions::chown(file, uid, gid)?;
+                permissions::chown(&mut self.walker, file, uid, gid)?;
                 self.summary.permissions += 1;
             }
             Instruction::Setfacl { acl, file } => {
-                permissions::set_acl(file, acl, &mut self.ids)?;
+                permissions::set_acl(&mut self.walker, file, acl, &mut self.ids)?;
                 self.summary.permissions += 1;
             }
             Instruction::Semanage { context, .. } => {
@@ -653,7 +724,7 @@ impl Execution<'_> {
                         _ => None,
                     })
                     .collect();
-                for real in permissions::set_context(context, &paths)? {
+                for real in permissions::set_context(&mut self.walker, context, &paths)? {
                     let mut line = b"semanage\0".to_vec();
                     line.extend_from_slice(real.as_os_str().as_bytes());
                     self.record(&line, &real)?;
@@ -671,16 +742,20 @@ impl Execution<'_> {
 /// destination being overwritten is unlinked first, so a symlink there is replaced, never
 /// written through.
 fn copy_one(
+    walker: &mut DestWalker,
     source: &Path,
     destination: &Path,
     symlink: bool,
     replace: bool,
     preserve_owner: bool,
 ) -> Result<(), InstallError> {
+    use nix::errno::Errno;
+    use nix::fcntl::{AtFlags, OFlag};
     crate::test_pause::test_pause_point("install-file");
+    let (dir, name) = walker.parent(destination)?;
     if replace {
-        match fs::symlink_metadata(destination) {
-            Ok(m) if m.is_dir() => {
+        match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
                 return Err(InstallError::Io {
                     what: "overwrite",
                     path: destination.to_path_buf(),
@@ -690,14 +765,19 @@ fn copy_one(
                     ),
                 });
             }
-            Ok(_) => fs::remove_file(destination).map_err(io_err("replace", destination))?,
+            Ok(_) => {
+                match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(io_err("replace", destination)(e.into())),
+                }
+            }
             Err(_) => {}
         }
     }
     if symlink {
         let target = fs::read_link(source).map_err(io_err("read symlink", source))?;
-        return std::os::unix::fs::symlink(&target, destination)
-            .map_err(io_err("create symlink", destination));
+        return nix::unistd::symlinkat(target.as_path(), dir, name)
+            .map_err(|e| io_err("create symlink", destination)(e.into()));
     }
     let mut src = OpenOptions::new()
         .read(true)
@@ -706,13 +786,14 @@ fn copy_one(
         .map_err(io_err("open", source))?;
     let meta = src.metadata().map_err(io_err("stat", source))?;
     let mode = meta.mode() & 0o7777;
-    let mut dst = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(mode)
-        .open(destination)
-        .map_err(io_err("create", destination))?;
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+    )
+    .map_err(|e| io_err("create", destination)(e.into()))?;
+    let mut dst = File::from(fd);
     copy_data(&mut src, &mut dst, meta.len()).map_err(io_err("copy to", destination))?;
     if preserve_owner {
         nix::unistd::fchown(&dst, Some(meta.uid().into()), Some(meta.gid().into()))

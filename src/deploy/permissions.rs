@@ -12,7 +12,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use nix::sys::stat::FileStat;
 use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::deploy::dest::{self, DestWalker, Trust, WalkError};
 
 use crate::appspec::{AclEntry, AclKind, SeContext};
 
@@ -79,48 +85,42 @@ impl IdCache {
     }
 }
 
-fn cpath(path: &Path) -> Result<CString, PermissionError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|e| PermissionError::Syscall {
-        what: "use path",
-        path: path.into(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, e),
-    })
-}
-
-fn is_symlink(path: &Path) -> Result<bool, PermissionError> {
-    std::fs::symlink_metadata(path)
-        .map(|m| m.file_type().is_symlink())
-        .map_err(|source| PermissionError::Syscall {
-            what: "stat",
-            path: path.into(),
-            source,
-        })
-}
-
-/// Sets the mode of `path`. Symlinks have no mode of their own on Linux and are skipped rather
-/// than followed (a bundle-planted link must not redirect a chmod).
-pub fn chmod(path: &Path, bits: u32) -> Result<(), PermissionError> {
-    if is_symlink(path)? {
-        return Ok(());
-    }
-    let c = cpath(path)?;
-    // SAFETY: `c` is a valid NUL-terminated path; fchmodat has no other preconditions.
-    let rc = unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), bits as libc::mode_t, 0) };
-    if rc != 0 {
-        return Err(PermissionError::Syscall {
-            what: "chmod",
-            path: path.into(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
-/// Changes owner and/or group of `path` itself (a symlink is changed, not followed).
-pub fn chown(path: &Path, uid: Option<Uid>, gid: Option<Gid>) -> Result<(), PermissionError> {
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
+fn walk_err(path: &Path) -> impl FnOnce(WalkError) -> PermissionError + use<> {
+    let path = path.to_path_buf();
+    move |e| PermissionError::Syscall {
+        what: "reach",
         path,
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+fn sys_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PermissionError + use<> {
+    let path = path.to_path_buf();
+    move |source| PermissionError::Syscall { what, path, source }
+}
+
+/// Sets the mode of `path`, reached through descriptors ([`DestWalker`]) and changed through
+/// an `O_PATH | O_NOFOLLOW` descriptor of it, so a name swapped for a symlink at any moment
+/// cannot redirect the change. Symlinks have no mode of their own on Linux and are skipped.
+pub fn chmod(walker: &mut DestWalker, path: &Path, bits: u32) -> Result<(), PermissionError> {
+    let (dir, name) = walker.parent(path).map_err(walk_err(path))?;
+    dest::chmod_at(dir, name, bits)
+        .map(drop)
+        .map_err(sys_err("chmod", path))
+}
+
+/// Changes owner and/or group of `path` itself (`fchownat` on its parent's descriptor, a
+/// symlink is changed, not followed).
+pub fn chown(
+    walker: &mut DestWalker,
+    path: &Path,
+    uid: Option<Uid>,
+    gid: Option<Gid>,
+) -> Result<(), PermissionError> {
+    let (dir, name) = walker.parent(path).map_err(walk_err(path))?;
+    nix::unistd::fchownat(
+        dir,
+        name,
         uid,
         gid,
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -223,21 +223,47 @@ fn encode_acl(
     Ok(out)
 }
 
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), PermissionError> {
-    let c = cpath(path)?;
+/// Sets an xattr on the object `fd` holds (`setxattr` on `/proc/self/fd/N`, or `fsetxattr`
+/// on a checked reopen where `/proc` is missing).
+fn set_xattr(
+    obj: (BorrowedFd<'_>, &OsStr, BorrowedFd<'_>, &FileStat),
+    path: &Path,
+    name: &str,
+    value: &[u8],
+) -> Result<(), PermissionError> {
+    let (dir, file, fd, st) = obj;
     let n = CString::new(name).expect("xattr names are static and NUL-free");
+    let p = dest::proc_path(fd);
     // SAFETY: valid NUL-terminated path and name; `value` is a live slice of the given length.
-    let rc = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
+    let mut rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
             n.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
             0,
         )
     };
+    let mut source = io::Error::last_os_error();
+    if rc != 0 && source.raw_os_error() == Some(libc::ENOENT) {
+        match dest::reopen_same(dir, file, st) {
+            Ok(real) => {
+                // SAFETY: `real` is an open descriptor; as above for name and value.
+                rc = unsafe {
+                    libc::fsetxattr(
+                        real.as_raw_fd(),
+                        n.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    )
+                };
+                source = io::Error::last_os_error();
+            }
+            Err(e) => source = e,
+        }
+    }
     if rc != 0 {
-        let source = io::Error::last_os_error();
         return Err(PermissionError::Acl {
             path: path.into(),
             reason: format!("Setting the {name} extended attribute failed: {source}"),
@@ -246,32 +272,37 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<(), PermissionErro
     Ok(())
 }
 
-/// Replaces the ACL of `path` (like `setfacl --set`). Symlinks are skipped.
-pub fn set_acl(path: &Path, acl: &[AclEntry], ids: &mut IdCache) -> Result<(), PermissionError> {
-    if is_symlink(path)? {
+/// Replaces the ACL of `path` (like `setfacl --set`), through descriptors as [`chmod`].
+/// Symlinks are skipped.
+pub fn set_acl(
+    walker: &mut DestWalker,
+    path: &Path,
+    acl: &[AclEntry],
+    ids: &mut IdCache,
+) -> Result<(), PermissionError> {
+    let (dir, name) = walker.parent(path).map_err(walk_err(path))?;
+    let Some((fd, st)) = dest::open_object(dir, name).map_err(sys_err("open", path))? else {
         return Ok(());
-    }
-    let meta = std::fs::metadata(path).map_err(|source| PermissionError::Syscall {
-        what: "stat",
-        path: path.into(),
-        source,
-    })?;
-    let full = complete_acl(acl, meta.mode());
+    };
+    let obj = (dir, name, fd.as_fd(), &st);
+    let full = complete_acl(acl, st.st_mode);
     let access: Vec<&AclEntry> = full.iter().filter(|e| !e.default).collect();
     let default: Vec<&AclEntry> = full.iter().filter(|e| e.default).collect();
     set_xattr(
+        obj,
         path,
         "system.posix_acl_access",
         &encode_acl(&access, ids, path)?,
     )?;
     if !default.is_empty() {
-        if !meta.is_dir() {
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(PermissionError::Acl {
                 path: path.into(),
                 reason: "Default ACL entries can only be set on directories.".into(),
             });
         }
         set_xattr(
+            obj,
             path,
             "system.posix_acl_default",
             &encode_acl(&default, ids, path)?,
@@ -346,18 +377,22 @@ pub fn read_acl(path: &Path, default: bool) -> io::Result<Vec<String>> {
 
 /// Applies one SELinux context to many paths with one `semanage import` and one `restorecon`.
 /// Returns the real paths the policy now covers (for the cleanup file).
+///
+/// `restorecon` relabels by path, so each path is first reached through descriptors (trusted
+/// symlinks only), its real path is read back from the parent's descriptor, and it is handed
+/// to `restorecon` only when no directory on that real path can be changed by another user
+/// (owned by root or the agent's user, no group/other write unless sticky): then nobody can
+/// swap a component between this check and `restorecon`'s lookup. Otherwise the context is
+/// refused with a message naming the directory.
 pub fn set_context(
+    walker: &mut DestWalker,
     context: &SeContext,
     paths: &[PathBuf],
 ) -> Result<Vec<PathBuf>, PermissionError> {
     let mut real = Vec::with_capacity(paths.len());
     let mut script = String::new();
     for p in paths {
-        let rp = std::fs::canonicalize(p).map_err(|source| PermissionError::Syscall {
-            what: "resolve",
-            path: p.clone(),
-            source,
-        })?;
+        let rp = safe_real_path(walker, p)?;
         script.push_str("fcontext -a");
         if let Some(user) = &context.user {
             script.push_str(&format!(" -s {user}"));
@@ -375,6 +410,51 @@ pub fn set_context(
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     run_with_stdin("restorecon", &arg_refs, "")?;
     Ok(real)
+}
+
+/// The real path of `path` for an external tool, or why an external tool could be redirected.
+fn safe_real_path(walker: &mut DestWalker, path: &Path) -> Result<PathBuf, PermissionError> {
+    let trust = walker.trust();
+    let (dir, name) = walker.parent(path).map_err(walk_err(path))?;
+    let parent = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .map_err(sys_err("resolve", path))?;
+    let real = parent.join(name);
+    unsafe_dir_on(&parent, trust).map_or(Ok(real), |d| {
+        Err(PermissionError::Syscall {
+            what: "set the SELinux context of",
+            path: path.into(),
+            source: io::Error::other(format!(
+                "{} can be changed by another user, so restorecon could be redirected by a \
+                 symlink swapped in; make it owned by root and not group- or world-writable",
+                d.display()
+            )),
+        })
+    })
+}
+
+/// The first directory from `/` down to `dir` (a real path) that another user could change, or
+/// a symlink on it (which a real path has none of unless it changed since).
+pub(crate) fn unsafe_dir_on(dir: &Path, trust: Trust) -> Option<PathBuf> {
+    let mut cur = PathBuf::from("/");
+    let check = |p: &Path| -> bool {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => {
+                let writable = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+                trust.trusted_owner(m.uid()) && !writable
+            }
+            _ => false,
+        }
+    };
+    if !check(&cur) {
+        return Some(cur);
+    }
+    for c in dir.components().skip(1) {
+        cur.push(c);
+        if !check(&cur) {
+            return Some(cur);
+        }
+    }
+    None
 }
 
 /// Removes a context rule recorded in the cleanup file; the exit status is ignored, as the AWS
@@ -421,6 +501,25 @@ fn run_with_stdin(program: &str, args: &[&str], input: &str) -> Result<(), Permi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn walker() -> DestWalker {
+        DestWalker::new(Trust::now()).expect("walker")
+    }
+
+    #[test]
+    fn an_external_tool_gets_a_path_only_when_no_directory_on_it_is_writable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let trust = Trust::now();
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let safe = dir.path().join("safe");
+        std::fs::create_dir(&safe).expect("mkdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&safe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(unsafe_dir_on(&safe, trust), None);
+        std::fs::set_permissions(&safe, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert_eq!(unsafe_dir_on(&safe, trust), Some(safe.clone()));
+    }
 
     fn ace(s: &str) -> AclEntry {
         let default = s.starts_with("default:");
@@ -482,13 +581,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").expect("write");
-        chmod(&file, 0o640).expect("chmod");
+        let mut w = walker();
+        chmod(&mut w, &file, 0o640).expect("chmod");
         assert_eq!(
             std::fs::metadata(&file).expect("meta").mode() & 0o7777,
             0o640
         );
         let mut ids = IdCache::default();
-        match set_acl(&file, &[ace("user:root:rw-")], &mut ids) {
+        match set_acl(&mut w, &file, &[ace("user:root:rw-")], &mut ids) {
             Ok(()) => {
                 let acl = read_acl(&file, false).expect("read");
                 assert_eq!(
@@ -526,10 +626,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("target");
         std::fs::write(&target, b"x").expect("write");
-        chmod(&target, 0o600).expect("chmod");
+        let mut w = walker();
+        chmod(&mut w, &target, 0o600).expect("chmod");
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
-        chmod(&link, 0o777).expect("chmod link");
+        chmod(&mut w, &link, 0o777).expect("chmod link");
         assert_eq!(
             std::fs::metadata(&target).expect("meta").mode() & 0o777,
             0o600

@@ -217,6 +217,7 @@ impl Extractor {
         let Some((name, parent)) = path.split_last() else {
             return Err(Rejection::NamesRoot.into());
         };
+        let meta = clamp(meta);
         let pfd = self.parent(parent)?;
         let mut tries = 0;
         loop {
@@ -410,8 +411,21 @@ fn read_retry(data: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Owner first (chown clears setuid bits), then mode, then times.
+/// The unpacked tree is the agent's own (hook scripts run from it, as root for a root agent):
+/// nothing in it may be writable by another user. So no mode keeps group or other write, and
+/// no entry takes the archive's owner (a `./` of mode 0777 or owned by a host user would
+/// otherwise let that user replace the scripts; docs/compatibility.md).
+pub(super) fn clamp(meta: Meta) -> Meta {
+    Meta {
+        mode: meta.mode & !0o022,
+        owner: None,
+        ..meta
+    }
+}
+
+/// Mode (clamped, see [`clamp`]), then times. The owner stays the unpacking user.
 fn apply_meta_fd(fd: BorrowedFd<'_>, meta: Meta) -> Result<(), FsError> {
+    let meta = clamp(meta);
     if let Some((uid, gid)) = meta.owner {
         fchown(fd, Some(uid), Some(gid)).map_err(io)?;
     }
