@@ -128,6 +128,10 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(refusal) = config.process_identity_refusal() {
+        eprintln!("{refusal}");
+        return ExitCode::from(1);
+    }
     let log_file = format!("{}.log", config.program_name);
     if let Err(e) = crate::logging::init_with(&crate::logging::LogOptions {
         log_dir: &config.log_dir,
