@@ -198,6 +198,9 @@ fn current_user_name() -> String {
     }
 }
 
+/// The most `kill_agent_max_wait_time_seconds` may be (24 hours, as AWS's v2 agent clamps it).
+pub const MAX_KILL_AGENT_WAIT_SECONDS: u64 = 86_400;
+
 /// The validated configuration. Field names are the config keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -547,7 +550,16 @@ impl Config {
                     config.ongoing_deployment_tracking = name;
                 }
                 "kill_agent_max_wait_time_seconds" => {
-                    config.kill_agent_max_wait_time_seconds = integer(0)?
+                    let seconds = integer(0)?;
+                    config.kill_agent_max_wait_time_seconds =
+                        seconds.min(MAX_KILL_AGENT_WAIT_SECONDS);
+                    if seconds > MAX_KILL_AGENT_WAIT_SECONDS {
+                        config.warnings.push(format!(
+                            "{}: kill_agent_max_wait_time_seconds {seconds} is more than 24 \
+                             hours; using {MAX_KILL_AGENT_WAIT_SECONDS}",
+                            path.display()
+                        ));
+                    }
                 }
                 "enable_deployments_log" => {
                     config.enable_deployments_log = !matches!(value, RawValue::Bool(false))
@@ -854,6 +866,16 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn kill_agent_wait_is_clamped_to_a_day_with_a_warning() {
+        let c = parse(":root_dir: /r\n:kill_agent_max_wait_time_seconds: 90000\n").unwrap();
+        assert_eq!(c.kill_agent_max_wait_time_seconds, 86_400);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let c = parse(":root_dir: /r\n:kill_agent_max_wait_time_seconds: 86400\n").unwrap();
+        assert_eq!(c.kill_agent_max_wait_time_seconds, 86_400);
+        assert!(c.warnings.is_empty());
     }
 
     #[test]

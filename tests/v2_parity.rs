@@ -69,3 +69,137 @@ fn run_accepts_a_user_key_naming_the_user_it_runs_as() {
     });
     assert!(polled, "no poll; stderr:\n{}", daemon.log_text());
 }
+
+/// Waits until the fake has answered a `PollHostCommand`, or the daemon exits.
+fn wait_for_poll(fake: &FakeService, daemon: &mut Daemon) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if fake.requests_for("PollHostCommand").iter().any(|_| true) {
+            return true;
+        }
+        if matches!(daemon.child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn run_writes_the_version_file_and_sends_its_value_as_the_version_header() {
+    let s = Sandbox::new();
+    // What a Ruby agent leaves behind: it must not be sent for this agent.
+    std::fs::write(
+        s.path().join(".version"),
+        "agent_version: OFFICIAL_1.8.1-1_deb",
+    )
+    .expect("write stale .version");
+    let fake = FakeService::start();
+    let mut daemon = Daemon::start(&s, &fake, "", &[]);
+    assert!(
+        wait_for_poll(&fake, &mut daemon),
+        "no poll; stderr:\n{}",
+        daemon.log_text()
+    );
+    let expected = format!("codedeploy-agent-rs/{}", env!("CARGO_PKG_VERSION"));
+    // `<root_dir>/../.version`: the sandbox root is `<sandbox>/root`.
+    let path = s.path().join(".version");
+    let text = std::fs::read_to_string(&path).expect("read .version");
+    assert_eq!(text, format!("agent_version: {expected}"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&path).expect("stat").permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o444, "mode {mode:o}");
+    let poll = &fake.requests_for("PollHostCommand")[0];
+    assert_eq!(
+        poll.header("x-amz-codedeploy-agent-version"),
+        Some(expected.as_str())
+    );
+}
+
+#[test]
+fn run_refuses_an_endpoint_scheme_other_than_https_or_http() {
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    // The fake's URL with another scheme: a refused agent never reaches it.
+    let url = fake.url().replacen("http://", "ftp://", 1);
+    let mut daemon = Daemon::start(
+        &s,
+        &fake,
+        &format!(":deploy_control_endpoint: {url}\n"),
+        &[],
+    );
+    let status = daemon.wait(Duration::from_secs(20)).expect("should exit");
+    let stderr = daemon.log_text();
+    assert!(!status.success(), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "deploy_control_endpoint {url} is not an https:// URL"
+        )),
+        "stderr:\n{stderr}"
+    );
+    assert_eq!(fake.arrival_count(), 0);
+}
+
+#[test]
+fn run_warns_about_plain_http_endpoints_and_still_polls() {
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let mut daemon = Daemon::start(&s, &fake, "", &[]);
+    assert!(wait_for_poll(&fake, &mut daemon), "{}", daemon.log_text());
+    assert!(
+        daemon
+            .log_text()
+            .contains("deploy_control_endpoint uses plain http"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn run_refuses_fips_mode_in_a_region_without_fips_endpoints() {
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let mut daemon = Daemon::start(
+        &s,
+        &fake,
+        ":use_fips_mode: true\n",
+        &[("AWS_REGION", "eu-west-1")],
+    );
+    let status = daemon.wait(Duration::from_secs(20)).expect("should exit");
+    let stderr = daemon.log_text();
+    assert!(!status.success(), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("use_fips_mode is set but Region eu-west-1 has no FIPS endpoints"),
+        "stderr:\n{stderr}"
+    );
+    assert_eq!(fake.arrival_count(), 0);
+}
+
+#[test]
+fn run_accepts_fips_mode_in_a_fips_region() {
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let mut daemon = Daemon::start(&s, &fake, ":use_fips_mode: true\n", &[]);
+    assert!(wait_for_poll(&fake, &mut daemon), "{}", daemon.log_text());
+}
+
+#[test]
+fn run_clamps_the_stop_wait_to_a_day_with_a_warning() {
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let mut daemon = Daemon::start(
+        &s,
+        &fake,
+        ":kill_agent_max_wait_time_seconds: 100000\n",
+        &[],
+    );
+    assert!(wait_for_poll(&fake, &mut daemon), "{}", daemon.log_text());
+    assert!(
+        daemon
+            .log_text()
+            .contains("kill_agent_max_wait_time_seconds 100000 is more than 24 hours; using 86400"),
+        "{}",
+        daemon.log_text()
+    );
+}
