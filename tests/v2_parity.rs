@@ -203,3 +203,205 @@ fn run_clamps_the_stop_wait_to_a_day_with_a_warning() {
         daemon.log_text()
     );
 }
+
+/// A loopback stand-in for api.github.com: answers every request with `body` (a tarball)
+/// and records each request head.
+struct FakeGitHub {
+    url: String,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeGitHub {
+    fn serve(body: Vec<u8>) -> Self {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                seen.lock().expect("lock").push(head);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(&body);
+            }
+        });
+        Self { url, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("lock").clone()
+    }
+}
+
+/// A GitHub-style tarball: one top directory holding a bundle whose hook records its run.
+fn github_tarball(s: &Sandbox) -> Vec<u8> {
+    let top = s.path().join("gh").join("acme-app-abc1234");
+    std::fs::create_dir_all(top.join("scripts")).expect("mkdir");
+    std::fs::write(
+        top.join("appspec.yml"),
+        "version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/mark.sh\n",
+    )
+    .expect("appspec");
+    let marker = s.path().join("hook-ran");
+    let script = top.join("scripts/mark.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = s.path().join("gh.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&out)
+        .arg("-C")
+        .arg(s.path().join("gh"))
+        .arg("acme-app-abc1234")
+        .status()
+        .expect("tar");
+    assert!(ok.success());
+    std::fs::read(out).expect("read tar")
+}
+
+fn local_github(
+    s: &Sandbox,
+    github: &FakeGitHub,
+    location: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> support::Run {
+    let mut cmd = std::process::Command::new(support::bin());
+    cmd.arg("local")
+        .arg("-c")
+        .arg(s.config())
+        .args(["-l", location, "-t", "tar"])
+        .args(extra)
+        .env("CODEDEPLOY_GITHUB_API_URL", &github.url)
+        .env_remove("CODEDEPLOY_GITHUB_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    support::Run::from(cmd.output().expect("run binary"))
+}
+
+#[test]
+fn local_github_tree_ref_with_a_slash_and_the_token_from_the_environment() {
+    let s = Sandbox::new();
+    let github = FakeGitHub::serve(github_tarball(&s));
+    let run = local_github(
+        &s,
+        &github,
+        "https://github.com/acme/app.git/tree/release/1.2",
+        &[],
+        &[("CODEDEPLOY_GITHUB_TOKEN", "ghp_fromenv")],
+    );
+    run.assert_ok();
+    assert!(s.path().join("hook-ran").exists(), "{}", run.stdout);
+    let heads = github.heads();
+    assert!(
+        heads[0].starts_with("GET /repos/acme/app/tarball/release/1.2 HTTP/1.1"),
+        "{heads:?}"
+    );
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("authorization: token ghp_fromenv"),
+        "{heads:?}"
+    );
+}
+
+#[test]
+fn local_github_commit_url_and_the_token_option_wins_over_the_environment() {
+    let s = Sandbox::new();
+    let github = FakeGitHub::serve(github_tarball(&s));
+    let run = local_github(
+        &s,
+        &github,
+        "https://github.com/acme/app/commit/0123abcd",
+        &["--github-token", "ghp_fromflag"],
+        &[("CODEDEPLOY_GITHUB_TOKEN", "ghp_fromenv")],
+    );
+    run.assert_ok();
+    let heads = github.heads();
+    assert!(
+        heads[0].starts_with("GET /repos/acme/app/tarball/0123abcd "),
+        "{heads:?}"
+    );
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("authorization: token ghp_fromflag"),
+        "{heads:?}"
+    );
+    assert!(!run.stdout.contains("ghp_fromflag") && !run.stderr.contains("ghp_fromflag"));
+}
+
+#[test]
+fn local_github_without_a_token_is_anonymous() {
+    let s = Sandbox::new();
+    let github = FakeGitHub::serve(github_tarball(&s));
+    let run = local_github(&s, &github, "https://github.com/acme/app", &[], &[]);
+    run.assert_ok();
+    let heads = github.heads();
+    assert!(
+        heads[0].starts_with("GET /repos/acme/app/tarball/HEAD "),
+        "{heads:?}"
+    );
+    assert!(!heads[0].to_ascii_lowercase().contains("authorization"));
+}
+
+#[test]
+fn v2_cli_spellings_are_accepted() {
+    let s = Sandbox::new();
+    let out = |args: &[&str]| {
+        support::Run::from(
+            std::process::Command::new(support::bin())
+                .args(args)
+                .output()
+                .expect("run"),
+        )
+    };
+    let version = out(&["-v"]);
+    assert_eq!(version.code, 0, "{version:?}");
+    assert!(version.stdout.contains(env!("CARGO_PKG_VERSION")));
+    let config = s.config();
+    let config = config.to_str().expect("utf8");
+    // No daemon runs: LSB 3, whichever way the file is given.
+    for args in [
+        vec!["--config_file", config, "status"],
+        vec!["--config-file", config, "status"],
+        vec!["status", "--config-file", config],
+    ] {
+        let r = out(&args);
+        assert_eq!(r.code, 3, "{args:?}: {r:?}");
+    }
+    // deploy-local is local.
+    let bundle = s.bundle("b", &[("appspec.yml", "version: 0.0\nos: linux\n")]);
+    out(&[
+        "deploy-local",
+        "-c",
+        config,
+        "-l",
+        bundle.to_str().expect("utf8"),
+    ])
+    .assert_ok();
+    out(&[
+        "--config_file",
+        config,
+        "deploy-local",
+        "-l",
+        bundle.to_str().expect("utf8"),
+    ])
+    .assert_ok();
+}

@@ -53,7 +53,7 @@ pub struct ConfigArg {
     #[arg(
         short = 'c',
         long = "config",
-        visible_alias = "config_file",
+        visible_aliases = ["config_file", "config-file"],
         value_name = "FILE"
     )]
     pub config: Option<PathBuf>,

@@ -177,6 +177,7 @@ impl Fetch for WithToken<'_> {
 #[derive(Debug)]
 pub struct StandaloneFetcher {
     fetcher: Fetcher,
+    github_token: Option<String>,
     // Declared last so the clients are dropped before the runtime they use.
     _runtime: Option<tokio::runtime::Runtime>,
 }
@@ -186,6 +187,7 @@ impl StandaloneFetcher {
         if !matches!(revision, Revision::S3 { .. } | Revision::GitHub { .. }) {
             return Ok(Self {
                 fetcher: Fetcher::default(),
+                github_token: None,
                 _runtime: None,
             });
         }
@@ -197,10 +199,17 @@ impl StandaloneFetcher {
             .map_err(|e| FetchError::Other(format!("could not start the I/O runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let fetcher = match revision {
-            Revision::GitHub { .. } => Fetcher::new(
-                None,
-                Some(GitHubFetcher::new(config.proxy_uri.as_deref(), handle)?),
-            ),
+            Revision::GitHub { .. } => {
+                let mut github = GitHubFetcher::new(config.proxy_uri.as_deref(), handle)?;
+                if let Some(url) = std::env::var(GITHUB_API_URL_ENV)
+                    .ok()
+                    .filter(|u| !u.trim().is_empty())
+                {
+                    tracing::info!("GitHub API root from {GITHUB_API_URL_ENV}: {url}");
+                    github = github.with_base_url(url);
+                }
+                Fetcher::new(None, Some(github))
+            }
             _ => {
                 let settings = S3Settings::from_config(config, String::new());
                 let s3 = runtime.block_on(S3Fetcher::from_environment(settings, handle))?;
@@ -209,10 +218,21 @@ impl StandaloneFetcher {
         };
         Ok(Self {
             fetcher,
+            github_token: None,
             _runtime: Some(runtime),
         })
     }
+
+    /// GitHub downloads send `token` (`--github-token` / `CODEDEPLOY_GITHUB_TOKEN`).
+    pub fn with_github_token(mut self, token: Option<String>) -> Self {
+        self.github_token = token;
+        self
+    }
 }
+
+/// Local mode: the GitHub API root instead of `https://api.github.com` (GitHub Enterprise
+/// Server's `https://<host>/api/v3`, or a test server).
+pub const GITHUB_API_URL_ENV: &str = "CODEDEPLOY_GITHUB_API_URL";
 
 impl Fetch for StandaloneFetcher {
     fn fetch(
@@ -221,7 +241,12 @@ impl Fetch for StandaloneFetcher {
         bundle_file: &Path,
         archive_dir: &Path,
     ) -> Result<Fetched, FetchError> {
-        self.fetcher.fetch(revision, bundle_file, archive_dir)
+        self.fetcher.fetch_with_token(
+            revision,
+            self.github_token.as_deref(),
+            bundle_file,
+            archive_dir,
+        )
     }
 }
 
