@@ -405,3 +405,82 @@ fn v2_cli_spellings_are_accepted() {
     ])
     .assert_ok();
 }
+
+/// `codedeploy-local -l s3://releases/<key> -t tgz` against the loopback fake S3 (the
+/// endpoint from the config), credentials and region from the environment.
+fn local_s3(s: &Sandbox, s3: &support::fake_s3::FakeS3, location: &str) -> support::Run {
+    s.write_config(&format!(":s3_endpoint_override: {}\n", s3.url()));
+    support::Run::from(
+        std::process::Command::new(support::bin())
+            .arg("local")
+            .arg("-c")
+            .arg(s.config())
+            .args(["-l", location, "-t", "tgz"])
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_S3")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+            .env("HOME", s.path())
+            .output()
+            .expect("run binary"),
+    )
+}
+
+#[test]
+fn bundle_etag_falls_back_to_the_etag_seen_on_download() {
+    let s = Sandbox::new();
+    let seen = s.path().join("etag-seen");
+    let dir = s.bundle(
+        "etag",
+        &[
+            (
+                "appspec.yml",
+                "version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/etag.sh\n  ApplicationStart:\n    - location: scripts/etag.sh\n",
+            ),
+            (
+                "scripts/etag.sh",
+                &format!(
+                    "#!/bin/sh\nprintf '%s %s\\n' \"$LIFECYCLE_EVENT\" \"${{BUNDLE_ETAG-unset}}\" >> {}\n",
+                    seen.display()
+                ),
+            ),
+        ],
+    );
+    let tgz = s.path().join("b.tgz");
+    support::tgz(&dir, &tgz);
+    let s3 = support::fake_s3::FakeS3::start();
+    let etag = s3.put("releases", "b.tgz", std::fs::read(&tgz).expect("read tgz"));
+
+    // No ETag in the location: the hooks get the one S3 answered with.
+    local_s3(&s, &s3, "s3://releases/b.tgz").assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("hook output"),
+        format!("AfterInstall {etag}\nApplicationStart {etag}\n")
+    );
+
+    // An ETag in the location is what the hooks see, as before.
+    std::fs::remove_file(&seen).expect("rm");
+    local_s3(&s, &s3, &format!("s3://releases/b.tgz?etag={etag}")).assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("hook output"),
+        format!("AfterInstall {etag}\nApplicationStart {etag}\n")
+    );
+}
+
+/// Decision (docs/compatibility.md, v2 section): validation errors of `codedeploy-local` exit
+/// 1 as in the Ruby agent, not v2's 2; 2 stays what it is for every command, a command-line
+/// usage error.
+#[test]
+fn local_validation_errors_exit_1_as_ruby_and_usage_errors_exit_2() {
+    let s = Sandbox::new();
+    let missing = s.path().join("no-such-bundle");
+    let run = s.local(&["-l", missing.to_str().expect("utf8")]);
+    run.assert_failed_with("is specified as a file or directory which does not exist");
+    let run = s.local(&["--no-such-option"]);
+    assert_eq!(run.code, 2, "{run:?}");
+}

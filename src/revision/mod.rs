@@ -107,7 +107,8 @@ impl Fetcher {
                     version: version.as_deref(),
                     etag: etag.as_deref(),
                 };
-                s3.download(&object, bundle_file)?;
+                let downloaded = s3.download(&object, bundle_file)?;
+                record_bundle_etag(bundle_file, &downloaded.etag);
                 Ok(Fetched::Archive {
                     bundle_type: bundle_type.clone(),
                 })
@@ -248,6 +249,37 @@ impl Fetch for StandaloneFetcher {
             archive_dir,
         )
     }
+}
+
+/// The file, next to `bundle.tar` in the deployment directory, holding the ETag S3 returned
+/// for the bundle (unquoted): the hooks' `BUNDLE_ETAG` when the spec names none (as v2 does).
+pub const BUNDLE_ETAG_FILE: &str = ".bundle-etag";
+
+/// Writes [`BUNDLE_ETAG_FILE`] beside `bundle_file`; a failure only loses the variable.
+fn record_bundle_etag(bundle_file: &Path, etag: &str) {
+    let etag = etag.trim_matches('"');
+    if etag.is_empty() {
+        return;
+    }
+    let path = bundle_file.with_file_name(BUNDLE_ETAG_FILE);
+    let _ = std::fs::remove_file(&path);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&path)
+        .and_then(|mut f| io::Write::write_all(&mut f, etag.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), "cannot record the bundle's ETag: {e}");
+    }
+}
+
+/// The ETag [`record_bundle_etag`] kept in `deployment_dir`, if any.
+pub fn recorded_bundle_etag(deployment_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(deployment_dir.join(BUNDLE_ETAG_FILE)).ok()?;
+    let etag = text.trim();
+    (!etag.is_empty() && etag.len() <= 256 && etag.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| etag.to_owned())
 }
 
 /// Replaces whatever is at `dest` (a previous bundle, or the symlink a local revision left)
