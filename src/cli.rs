@@ -9,8 +9,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// A drop-in replacement for the AWS CodeDeploy host agent.
 #[derive(Debug, Parser)]
-#[command(name = "codedeploy-agent", version = crate::VERSION, about, long_about = None)]
+#[command(
+    name = "codedeploy-agent",
+    version = crate::VERSION,
+    about,
+    long_about = None,
+    disable_version_flag = true
+)]
 pub struct Cli {
+    /// Print the version (`-v` as AWS's v2 agent spells it, `-V` as well).
+    #[arg(short = 'v', short_alias = 'V', long = "version", action = clap::ArgAction::Version)]
+    pub version: Option<bool>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -20,6 +29,7 @@ pub enum Command {
     /// Check an appspec, a bundle directory or a bundle archive without deploying it.
     Validate(ValidateArgs),
     /// Run a whole deployment on this machine (same as invoking the binary as codedeploy-local).
+    #[command(visible_alias = "deploy-local")]
     Local(LocalArgs),
     /// Show what a local deployment would do, without changing anything.
     Plan(LocalArgs),
@@ -120,6 +130,11 @@ pub struct LocalArgs {
     /// The appspec file name inside the bundle (default appspec.yml).
     #[arg(short = 'A', long = "appspec-filename", value_name = "VALUE")]
     pub appspec_filename: Option<String>,
+    /// A GitHub token for a private repository (GitHub locations only). Default: the
+    /// CODEDEPLOY_GITHUB_TOKEN environment variable, which, unlike this option, other users
+    /// cannot see in the process list.
+    #[arg(long = "github-token", value_name = "TOKEN")]
+    pub github_token: Option<String>,
     /// Print the version and exit (codedeploy-local's -v).
     #[arg(short = 'v', long = "version")]
     pub version: bool,
@@ -139,7 +154,36 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         args.insert(1, OsString::from("local"));
         args[0] = OsString::from("codedeploy-agent");
     }
+    hoist_global_config(&mut args);
     Cli::try_parse_from(args)
+}
+
+/// The AWS agents' global form `codedeploy-agent --config_file FILE <command>` (v2 spells it
+/// `--config-file`): moved after the command, as `-c FILE`, which every command that reads
+/// the agent configuration takes.
+fn hoist_global_config(args: &mut Vec<OsString>) {
+    let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
+        return;
+    };
+    let (value, taken) = match first.split_once('=') {
+        Some(("--config_file" | "--config-file", value)) => (OsString::from(value), 2),
+        None if matches!(first, "--config_file" | "--config-file") && args.len() > 2 => {
+            (args[2].clone(), 3)
+        }
+        _ => return,
+    };
+    if args.len() <= taken {
+        return;
+    }
+    let rest = args.split_off(taken);
+    args.truncate(1);
+    let mut rest = rest.into_iter();
+    if let Some(command) = rest.next() {
+        args.push(command);
+    }
+    args.push(OsString::from("-c"));
+    args.push(value);
+    args.extend(rest);
 }
 
 #[cfg(test)]

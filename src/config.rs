@@ -171,6 +171,36 @@ fn read_flat_mapping(text: &str) -> Result<BTreeMap<String, RawValue>, String> {
     Ok(out)
 }
 
+/// Whether `name` (a user name or a numeric uid) is the effective user of this process.
+fn names_current_user(name: &str) -> bool {
+    let uid = nix::unistd::geteuid();
+    if let Ok(n) = name.parse::<u32>() {
+        return n == uid.as_raw();
+    }
+    matches!(nix::unistd::User::from_name(name), Ok(Some(u)) if u.uid == uid)
+}
+
+/// Whether `name` (a group name or a numeric gid) is the effective group of this process.
+fn names_current_group(name: &str) -> bool {
+    let gid = nix::unistd::getegid();
+    if let Ok(n) = name.parse::<u32>() {
+        return n == gid.as_raw();
+    }
+    matches!(nix::unistd::Group::from_name(name), Ok(Some(g)) if g.gid == gid)
+}
+
+/// The effective user's name (its uid when it has none).
+fn current_user_name() -> String {
+    let uid = nix::unistd::geteuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => u.name,
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// The most `kill_agent_max_wait_time_seconds` may be (24 hours, as AWS's v2 agent clamps it).
+pub const MAX_KILL_AGENT_WAIT_SECONDS: u64 = 86_400;
+
 /// The validated configuration. Field names are the config keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -243,6 +273,11 @@ pub struct Config {
     /// every command shows these on stderr and in its log once logging is up
     /// ([`Config::report_warnings`]).
     pub warnings: Vec<String>,
+    /// The Ruby agent's `:user:` / `:group:` (it switched to them at start), when they name
+    /// someone other than the user running this process: `run` refuses to start with them
+    /// ([`Config::process_identity_refusal`]).
+    pub process_user: Option<String>,
+    pub process_group: Option<String>,
 }
 
 /// v2 keys that this agent always behaves as if set to true (so setting them changes nothing)
@@ -285,8 +320,6 @@ fn parse_v2_byte_size(text: &str) -> Option<u64> {
 /// details of the Ruby agent).
 const IGNORED_KEYS: &[&str] = &[
     "children",
-    "user",
-    "group",
     "use_mock_command_service",
     "plugins",
     "wait_after_throttle_error",
@@ -346,7 +379,38 @@ impl Config {
             reject_unsafe_permissions_in_bundle: false,
             archive_max_extraction_size: None,
             warnings: Vec::new(),
+            process_user: None,
+            process_group: None,
         }
+    }
+
+    /// Why `codedeploy-agent run` must not start with this file: the Ruby agent switched to
+    /// its `:user:` / `:group:`; this agent (like AWS's v2) does not, and running on as root
+    /// would silently ignore what the operator asked for.
+    pub fn process_identity_refusal(&self) -> Option<String> {
+        if self.process_user.is_none() && self.process_group.is_none() {
+            return None;
+        }
+        let path = self
+            .path
+            .as_deref()
+            .map_or_else(String::new, |p| format!("{}: ", p.display()));
+        let keys: Vec<String> = [("user", &self.process_user), ("group", &self.process_group)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!(":{k}: {v}")))
+            .collect();
+        let unit: Vec<String> = [("User", &self.process_user), ("Group", &self.process_group)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect();
+        Some(format!(
+            "{path}{} is not supported: this agent does not switch users and would run as {}. \
+             Remove it from the file and set {} in a systemd unit override instead \
+             (systemctl edit codedeploy-agent, under [Service]), then start the agent again",
+            keys.join(" and "),
+            current_user_name(),
+            unit.join(" and "),
+        ))
     }
 
     /// Tells the operator what [`Config::warnings`] holds: each on stderr (prefixed
@@ -486,7 +550,16 @@ impl Config {
                     config.ongoing_deployment_tracking = name;
                 }
                 "kill_agent_max_wait_time_seconds" => {
-                    config.kill_agent_max_wait_time_seconds = integer(0)?
+                    let seconds = integer(0)?;
+                    config.kill_agent_max_wait_time_seconds =
+                        seconds.min(MAX_KILL_AGENT_WAIT_SECONDS);
+                    if seconds > MAX_KILL_AGENT_WAIT_SECONDS {
+                        config.warnings.push(format!(
+                            "{}: kill_agent_max_wait_time_seconds {seconds} is more than 24 \
+                             hours; using {MAX_KILL_AGENT_WAIT_SECONDS}",
+                            path.display()
+                        ));
+                    }
                 }
                 "enable_deployments_log" => {
                     config.enable_deployments_log = !matches!(value, RawValue::Bool(false))
@@ -614,6 +687,30 @@ impl Config {
                             }
                             Some(addr)
                         }
+                    }
+                }
+                "user" | "group" => {
+                    let Some(name) = text() else { continue };
+                    let name = name.trim().to_owned();
+                    let is_current = if key == "user" {
+                        names_current_user(&name)
+                    } else {
+                        names_current_group(&name)
+                    };
+                    if is_current {
+                        continue;
+                    }
+                    config.warnings.push(format!(
+                        "{}: :{key}: {name} has no effect on this agent (it runs as the user \
+                         that starts it); codedeploy-agent run refuses to start with it: use \
+                         {}={name} in a systemd unit override",
+                        path.display(),
+                        if key == "user" { "User" } else { "Group" }
+                    ));
+                    if key == "user" {
+                        config.process_user = Some(name);
+                    } else {
+                        config.process_group = Some(name);
                     }
                 }
                 "children" if !matches!(value, RawValue::Int(1) | RawValue::Null) => {
@@ -769,6 +866,16 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn kill_agent_wait_is_clamped_to_a_day_with_a_warning() {
+        let c = parse(":root_dir: /r\n:kill_agent_max_wait_time_seconds: 90000\n").unwrap();
+        assert_eq!(c.kill_agent_max_wait_time_seconds, 86_400);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let c = parse(":root_dir: /r\n:kill_agent_max_wait_time_seconds: 86400\n").unwrap();
+        assert_eq!(c.kill_agent_max_wait_time_seconds, 86_400);
+        assert!(c.warnings.is_empty());
     }
 
     #[test]

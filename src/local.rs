@@ -37,6 +37,10 @@ const NEW_REVISION_EVENTS: [&str; 5] = [
     "ValidateService",
 ];
 
+/// The environment variable holding a GitHub token for local GitHub revisions (as v2's
+/// `deploy-local` reads it); `--github-token` wins.
+pub const GITHUB_TOKEN_ENV: &str = "CODEDEPLOY_GITHUB_TOKEN";
+
 /// Where the bundle comes from, as the user gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -279,7 +283,7 @@ fn percent_decode(s: &str) -> String {
 fn parse_github(l: &str) -> Result<Location, LocalValidationError> {
     let bad = || {
         LocalValidationError(format!(
-            "github location {l} not in the expected format of 'https://github.com/<owner>/<repository_name>'(assumes HEAD commit) or 'https://api.github.com/repos/<owner>/<repository_name>/tarball/<commit>' or 'https://api.github.com/repos/<owner>/<repository_name>/zipball/<commit>'"
+            "github location {l} not in the expected format of 'https://github.com/<owner>/<repository_name>'(assumes HEAD commit) or 'https://github.com/<owner>/<repository_name>/tree/<ref>' or 'https://github.com/<owner>/<repository_name>/commit/<sha>' or 'https://api.github.com/repos/<owner>/<repository_name>/tarball/<commit>' or 'https://api.github.com/repos/<owner>/<repository_name>/zipball/<commit>'"
         ))
     };
     let rest = &l["https://".len()..];
@@ -289,19 +293,45 @@ fn parse_github(l: &str) -> Result<Location, LocalValidationError> {
             "unknown location {l} cannot be determined to be S3, Github, or a local file / directory"
         )));
     }
+    let path = path.split(['?', '#']).next().unwrap_or_default();
     let parts: Vec<&str> = path.split('/').collect();
-    if host == "github.com" && parts.len() >= 2 && !parts[0].is_empty() {
+    if host == "github.com" && parts.len() >= 2 && !parts[0].is_empty() && !parts[1].is_empty() {
+        // github.com/<owner>/<repo>[.git][/tree/<ref>|/commit/<sha>] (v2's forms); a ref
+        // may contain `/` (`tree/release/1.2`).
+        let repository = parts[1].strip_suffix(".git").unwrap_or(parts[1]);
+        let commit = match parts.get(2..) {
+            None | Some([] | [""]) => "HEAD".to_owned(),
+            Some([kind, reference @ ..])
+                if (*kind == "tree" || *kind == "commit")
+                    && !reference.is_empty()
+                    && reference.iter().all(|p| !p.is_empty()) =>
+            {
+                if *kind == "commit" && reference.len() != 1 {
+                    return Err(bad());
+                }
+                reference.join("/")
+            }
+            Some(_) => return Err(bad()),
+        };
+        if repository.is_empty() {
+            return Err(bad());
+        }
         return Ok(Location::GitHub {
             account: parts[0].into(),
-            repository: parts[1..].join("/"),
-            commit: "HEAD".into(),
+            repository: repository.into(),
+            commit,
         });
     }
-    if parts.len() >= 5 && parts[0] == "repos" {
+    // api.github.com/repos/<owner>/<repo>/{tarball,zipball}/<ref>, the ref possibly with `/`.
+    if parts.len() >= 5
+        && parts[0] == "repos"
+        && (parts[3] == "tarball" || parts[3] == "zipball")
+        && parts[1..].iter().all(|p| !p.is_empty())
+    {
         return Ok(Location::GitHub {
             account: parts[1].into(),
             repository: parts[2].into(),
-            commit: parts[parts.len() - 1].into(),
+            commit: parts[4..].join("/"),
         });
     }
     Err(bad())
@@ -610,8 +640,13 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     let mapping = HookMapping::identity(hook_events(run.events.as_deref()));
     let settings = EngineSettings::from_config(&config, &root);
     // S3 and GitHub locations get their network clients (and a runtime) here.
+    let github_token = args
+        .github_token
+        .clone()
+        .or_else(|| std::env::var(GITHUB_TOKEN_ENV).ok())
+        .filter(|t| !t.trim().is_empty());
     let fetcher = match StandaloneFetcher::for_revision(&config, &spec.revision) {
-        Ok(fetcher) => fetcher,
+        Ok(fetcher) => fetcher.with_github_token(github_token),
         Err(e) => return fail(&e.to_string()),
     };
     let executor = Executor {

@@ -55,6 +55,35 @@ pub fn agent_version_header(opt_root: &Path) -> String {
     version_from_files(&candidates).unwrap_or_else(default_agent_version)
 }
 
+/// Writes `<opt_root>/.version` as AWS's v2 agent does at start: `agent_version: <value>`
+/// (the value [`default_agent_version`]), mode 0444, replacing whatever an earlier agent left
+/// there (a Ruby agent's `OFFICIAL_1.x` would otherwise be sent for this one). Written to a
+/// temporary file and renamed, so a reader never sees half a file. Returns the path.
+pub fn write_version_file(opt_root: &Path) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::create_dir_all(opt_root)?;
+    let path = opt_root.join(".version");
+    let tmp = opt_root.join(format!(".version.tmp.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        file.write_all(format!("agent_version: {}", default_agent_version()).as_bytes())?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o444))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|()| path)
+}
+
 /// `codedeploy-agent-rs/<crate version>`: the version header when no `.version` file says
 /// otherwise.
 pub fn default_agent_version() -> String {

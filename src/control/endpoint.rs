@@ -84,6 +84,32 @@ pub enum EndpointError {
         "no region for the CodeDeploy endpoint: set AWS_REGION, the on-premises `region`, or :deploy_control_endpoint:"
     )]
     NoRegion,
+    /// `:deploy_control_endpoint:` with a scheme other than https/http. Ours (v2 refuses too).
+    #[error(
+        "deploy_control_endpoint {0} is not an https:// URL: set it to https://host[:port] (http:// is accepted, with a warning, for tests and local sidecars)"
+    )]
+    UnsupportedScheme(String),
+    /// `:use_fips_mode:` in a Region without FIPS endpoints. Ours (v2 refuses too).
+    #[error(
+        "use_fips_mode is set but Region {0} has no FIPS endpoints for CodeDeploy (they exist in {regions}): remove :use_fips_mode: or set it to false, or run in one of those Regions",
+        regions = FIPS_REGIONS.join(", ")
+    )]
+    FipsUnavailable(String),
+}
+
+/// The Regions with `-fips` CodeDeploy endpoints (as AWS's v2 agent lists them); the
+/// `us-gov-*` Regions have them too.
+pub const FIPS_REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "us-gov-*",
+];
+
+/// Whether `region` has FIPS endpoints ([`FIPS_REGIONS`]).
+pub fn region_has_fips(region: &str) -> bool {
+    region.starts_with("us-gov-") || FIPS_REGIONS.contains(&region)
 }
 
 /// The DNS label of the service: `codedeploy-commands[-secure][-fips]`.
@@ -144,8 +170,19 @@ fn matches_cn_pattern(region: &str) -> bool {
 /// Resolves the endpoint URL (§1.3). An override is returned verbatim; a plain `http://`
 /// override is allowed (tests, local sidecars) but warned about.
 pub fn resolve(inputs: &EndpointInputs<'_>) -> Result<String, EndpointError> {
+    if inputs.use_fips_mode {
+        let region = inputs.imds.and_then(|i| i.region).unwrap_or(inputs.region);
+        if !region_has_fips(region) {
+            return Err(EndpointError::FipsUnavailable(region.to_owned()));
+        }
+    }
     if let Some(url) = inputs.deploy_control_endpoint {
-        if url.starts_with("http://") {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("https" | "http") => {}
+            _ => return Err(EndpointError::UnsupportedScheme(url.to_owned())),
+        }
+        if scheme.as_deref() == Some("http") {
             tracing::warn!(
                 endpoint = url,
                 "deploy_control_endpoint uses plain http: requests are not encrypted"
@@ -183,6 +220,31 @@ pub fn resolve(inputs: &EndpointInputs<'_>) -> Result<String, EndpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fips_mode_is_refused_outside_fips_regions_and_schemes_are_checked() {
+        let mut i = inputs("eu-west-1");
+        i.use_fips_mode = true;
+        assert_eq!(
+            resolve(&i),
+            Err(EndpointError::FipsUnavailable("eu-west-1".into()))
+        );
+        i.region = "us-gov-west-1";
+        assert!(resolve(&i).is_ok());
+        let mut i = inputs("eu-west-1");
+        i.deploy_control_endpoint = Some("ftp://127.0.0.1:1");
+        assert!(matches!(
+            resolve(&i),
+            Err(EndpointError::UnsupportedScheme(_))
+        ));
+        i.deploy_control_endpoint = Some("127.0.0.1:1");
+        assert!(matches!(
+            resolve(&i),
+            Err(EndpointError::UnsupportedScheme(_))
+        ));
+        i.deploy_control_endpoint = Some("HTTPS://example.com");
+        assert!(resolve(&i).is_ok());
+    }
 
     fn inputs(region: &str) -> EndpointInputs<'_> {
         EndpointInputs {

@@ -16,7 +16,9 @@ use tokio::sync::watch;
 use super::agent::{Agent, DaemonOptions, Engine, Shutdown};
 use super::tracking::Tracker;
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::control::client::{ClientConfig, HttpHostCommands, agent_version_header};
+use crate::control::client::{
+    ClientConfig, HttpHostCommands, agent_version_header, write_version_file,
+};
 use crate::control::endpoint::{self, EndpointInputs, ImdsLocation};
 use crate::control::identity::{self, Imds};
 use crate::deploy::executor::{EngineSettings, HookMapping};
@@ -51,7 +53,7 @@ pub struct ConfigArg {
     #[arg(
         short = 'c',
         long = "config",
-        visible_alias = "config_file",
+        visible_aliases = ["config_file", "config-file"],
         value_name = "FILE"
     )]
     pub config: Option<PathBuf>,
@@ -128,6 +130,10 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(refusal) = config.process_identity_refusal() {
+        eprintln!("{refusal}");
+        return ExitCode::from(1);
+    }
     let log_file = format!("{}.log", config.program_name);
     if let Err(e) = crate::logging::init_with(&crate::logging::LogOptions {
         log_dir: &config.log_dir,
@@ -211,7 +217,21 @@ async fn serve(config: Config) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     tracing::info!("CodeDeploy endpoint: {url} (domain {domain})");
-    let agent_version = agent_version_header(Path::new("/opt/codedeploy-agent"));
+    // `<root_dir>/..` (`/opt/codedeploy-agent` with the packaged file), where the AWS agents
+    // keep `.version`.
+    let opt_root = config
+        .root_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| config.root_dir.join(".."), Path::to_path_buf);
+    match write_version_file(&opt_root) {
+        Ok(path) => tracing::debug!(path = %path.display(), "version file written"),
+        Err(e) => tracing::warn!(
+            "cannot write the version file {}/.version: {e}; the version header falls back to what can be read",
+            opt_root.display()
+        ),
+    }
+    let agent_version = agent_version_header(&opt_root);
     let client = HttpHostCommands::new(
         ClientConfig::from_config(&config, url, identity.region.clone(), agent_version),
         credentials.clone(),

@@ -557,7 +557,13 @@ impl Executor<'_> {
             event: event.to_owned(),
             scripts: scripts.len(),
         });
-        let env = hook_env(event, spec);
+        let mut env = hook_env(event, spec);
+        // v2: without an ETag in the spec, the one S3 returned on download.
+        if matches!(spec.revision, Revision::S3 { etag: None, .. })
+            && let Some(etag) = crate::revision::recorded_bundle_etag(current)
+        {
+            env.extra.push(("BUNDLE_ETAG".into(), etag));
+        }
         let archive_dir = revision.join("deployment-archive");
         hooks::run_event(&EventRun {
             event,

@@ -107,7 +107,8 @@ impl Fetcher {
                     version: version.as_deref(),
                     etag: etag.as_deref(),
                 };
-                s3.download(&object, bundle_file)?;
+                let downloaded = s3.download(&object, bundle_file)?;
+                record_bundle_etag(bundle_file, &downloaded.etag);
                 Ok(Fetched::Archive {
                     bundle_type: bundle_type.clone(),
                 })
@@ -177,6 +178,7 @@ impl Fetch for WithToken<'_> {
 #[derive(Debug)]
 pub struct StandaloneFetcher {
     fetcher: Fetcher,
+    github_token: Option<String>,
     // Declared last so the clients are dropped before the runtime they use.
     _runtime: Option<tokio::runtime::Runtime>,
 }
@@ -186,6 +188,7 @@ impl StandaloneFetcher {
         if !matches!(revision, Revision::S3 { .. } | Revision::GitHub { .. }) {
             return Ok(Self {
                 fetcher: Fetcher::default(),
+                github_token: None,
                 _runtime: None,
             });
         }
@@ -197,10 +200,17 @@ impl StandaloneFetcher {
             .map_err(|e| FetchError::Other(format!("could not start the I/O runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let fetcher = match revision {
-            Revision::GitHub { .. } => Fetcher::new(
-                None,
-                Some(GitHubFetcher::new(config.proxy_uri.as_deref(), handle)?),
-            ),
+            Revision::GitHub { .. } => {
+                let mut github = GitHubFetcher::new(config.proxy_uri.as_deref(), handle)?;
+                if let Some(url) = std::env::var(GITHUB_API_URL_ENV)
+                    .ok()
+                    .filter(|u| !u.trim().is_empty())
+                {
+                    tracing::info!("GitHub API root from {GITHUB_API_URL_ENV}: {url}");
+                    github = github.with_base_url(url);
+                }
+                Fetcher::new(None, Some(github))
+            }
             _ => {
                 let settings = S3Settings::from_config(config, String::new());
                 let s3 = runtime.block_on(S3Fetcher::from_environment(settings, handle))?;
@@ -209,10 +219,21 @@ impl StandaloneFetcher {
         };
         Ok(Self {
             fetcher,
+            github_token: None,
             _runtime: Some(runtime),
         })
     }
+
+    /// GitHub downloads send `token` (`--github-token` / `CODEDEPLOY_GITHUB_TOKEN`).
+    pub fn with_github_token(mut self, token: Option<String>) -> Self {
+        self.github_token = token;
+        self
+    }
 }
+
+/// Local mode: the GitHub API root instead of `https://api.github.com` (GitHub Enterprise
+/// Server's `https://<host>/api/v3`, or a test server).
+pub const GITHUB_API_URL_ENV: &str = "CODEDEPLOY_GITHUB_API_URL";
 
 impl Fetch for StandaloneFetcher {
     fn fetch(
@@ -221,8 +242,44 @@ impl Fetch for StandaloneFetcher {
         bundle_file: &Path,
         archive_dir: &Path,
     ) -> Result<Fetched, FetchError> {
-        self.fetcher.fetch(revision, bundle_file, archive_dir)
+        self.fetcher.fetch_with_token(
+            revision,
+            self.github_token.as_deref(),
+            bundle_file,
+            archive_dir,
+        )
     }
+}
+
+/// The file, next to `bundle.tar` in the deployment directory, holding the ETag S3 returned
+/// for the bundle (unquoted): the hooks' `BUNDLE_ETAG` when the spec names none (as v2 does).
+pub const BUNDLE_ETAG_FILE: &str = ".bundle-etag";
+
+/// Writes [`BUNDLE_ETAG_FILE`] beside `bundle_file`; a failure only loses the variable.
+fn record_bundle_etag(bundle_file: &Path, etag: &str) {
+    let etag = etag.trim_matches('"');
+    if etag.is_empty() {
+        return;
+    }
+    let path = bundle_file.with_file_name(BUNDLE_ETAG_FILE);
+    let _ = std::fs::remove_file(&path);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&path)
+        .and_then(|mut f| io::Write::write_all(&mut f, etag.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), "cannot record the bundle's ETag: {e}");
+    }
+}
+
+/// The ETag [`record_bundle_etag`] kept in `deployment_dir`, if any.
+pub fn recorded_bundle_etag(deployment_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(deployment_dir.join(BUNDLE_ETAG_FILE)).ok()?;
+    let etag = text.trim();
+    (!etag.is_empty() && etag.len() <= 256 && etag.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| etag.to_owned())
 }
 
 /// Replaces whatever is at `dest` (a previous bundle, or the symlink a local revision left)
