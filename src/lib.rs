@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod deploy;
 pub mod local;
 pub mod logging;
+pub mod output;
 pub mod prepare;
 pub mod preview;
 pub mod push;

@@ -482,7 +482,7 @@ fn init_logging(config: &Config) {
         journal: false,
         hook_output_to_journal: false,
     }) {
-        eprintln!("warning: {e}; continuing without a log file");
+        crate::errln!("warning: {e}; continuing without a log file");
     }
 }
 
@@ -505,14 +505,14 @@ impl DownloadWatcher {
                     && meta.is_file()
                     && meta.len() >= 1 << 20
                 {
-                    print!("\r  downloading: {} MiB", meta.len() >> 20);
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    crate::out!("\r  downloading: {} MiB", meta.len() >> 20);
+
                     shown = true;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(250));
             }
             if shown {
-                println!();
+                crate::outln!();
             }
         });
         Self {
@@ -542,12 +542,12 @@ fn fmt_duration(d: std::time::Duration) -> String {
 /// `codedeploy-local`: runs the whole deployment and returns the exit code (0 or 1).
 pub fn run(args: &LocalArgs) -> ExitCode {
     if args.version {
-        println!("{}", crate::VERSION);
+        crate::outln!("{}", crate::VERSION);
         return ExitCode::SUCCESS;
     }
     let fail = |message: &str| {
         // A location may be a presigned URL: its signature and credentials are not printed.
-        println!("ERROR: {}", crate::logging::redact(message));
+        crate::outln!("ERROR: {}", crate::logging::redact(message));
         ExitCode::from(1)
     };
     let cwd = match std::env::current_dir() {
@@ -566,7 +566,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     let tty = std::io::stdout().is_terminal();
     if let Some(note) = note {
         if tty {
-            println!("{note}");
+            crate::outln!("{note}");
         }
         tracing::info!("{note}");
     }
@@ -574,7 +574,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     let deployment_id = random_deployment_id();
     let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
     let deployment_dir = root.deployment_dir(&run.deployment_group_id, &deployment_id);
-    println!(
+    crate::outln!(
         "Starting to execute deployment from within folder {}",
         deployment_dir.display()
     );
@@ -601,7 +601,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     let started = Instant::now();
     let scripts_log = deployment_dir.join("logs/scripts.log");
     let see_log = || {
-        println!(
+        crate::outln!(
             "See the deployment log at {} for more details",
             scripts_log.display()
         )
@@ -620,22 +620,20 @@ pub fn run(args: &LocalArgs) -> ExitCode {
             match p {
                 // A running count while a large bundle unpacks.
                 Progress::Unpacking { files, bytes } if files >= 1000 => {
-                    print!("\r  unpacking: {files} files, {} MiB", bytes >> 20);
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    crate::out!("\r  unpacking: {files} files, {} MiB", bytes >> 20);
                 }
                 // A progress bar for installs large enough to take a while.
                 Progress::Copying { done, total } if total >= 2000 => {
                     let width = 30;
                     let filled = done * width / total.max(1);
-                    print!(
+                    crate::out!(
                         "\r  copying [{}{}] {done}/{total}",
                         "#".repeat(filled),
                         " ".repeat(width - filled)
                     );
                     if done == total {
-                        println!();
+                        crate::outln!();
                     }
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
                 }
                 Progress::Downloaded {
                     files,
@@ -643,15 +641,15 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                     elapsed,
                 } if files > 0 => {
                     if files >= 1000 {
-                        println!();
+                        crate::outln!();
                     }
-                    println!(
+                    crate::outln!(
                         "  bundle unpacked: {files} files, {} KiB in {}",
                         bytes / 1024,
                         fmt_duration(elapsed)
                     );
                 }
-                Progress::Installed { summary, elapsed } => println!(
+                Progress::Installed { summary, elapsed } => crate::outln!(
                     "  installed: {} files copied, {} directories created, {} permissions set, {} previous files removed in {}",
                     summary.copied,
                     summary.directories,
@@ -663,7 +661,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
             }
         };
         if tty {
-            println!("==> {event}");
+            crate::outln!("==> {event}");
         }
         let watcher = (tty && event == "DownloadBundle")
             .then(|| DownloadWatcher::start(deployment_dir.join("bundle.tar")));
@@ -677,7 +675,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                     } else {
                         "no scripts"
                     };
-                    println!("  {what} in {}", fmt_duration(event_started.elapsed()));
+                    crate::outln!("  {what} in {}", fmt_duration(event_started.elapsed()));
                 }
             }
             Err(failure) => return report_failure(&failure, &deployment_dir, &see_log),
@@ -685,36 +683,36 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     }
     see_log();
     if tty {
-        println!(
+        crate::outln!(
             "Deployment {deployment_id} of group {} finished in {}",
             spec.deployment_group_id,
             fmt_duration(started.elapsed())
         );
     }
-    println!("AppSpec file valid. Local deployment successful");
+    crate::outln!("AppSpec file valid. Local deployment successful");
     ExitCode::SUCCESS
 }
 
 fn report_failure(failure: &CommandFailure, deployment_dir: &Path, see_log: &dyn Fn()) -> ExitCode {
     if failure.is_script_error() {
-        println!(
+        crate::outln!(
             "Your local deployment failed while trying to execute your script at {}/deployment-archive/{}",
             deployment_dir.display(),
             failure.script_name
         );
-        println!("{}", failure.message);
+        crate::outln!("{}", failure.message);
         if !failure.log.is_empty() {
-            println!("Last output of the failing event:");
+            crate::outln!("Last output of the failing event:");
             for line in failure.log.lines() {
-                println!("  {line}");
+                crate::outln!("  {line}");
             }
         }
         see_log();
     } else {
         see_log();
-        println!("ERROR: {}", failure.message);
+        crate::outln!("ERROR: {}", failure.message);
         for detail in failure.details.iter().skip(1) {
-            println!("  {detail}");
+            crate::outln!("  {detail}");
         }
     }
     ExitCode::from(1)

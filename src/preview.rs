@@ -81,11 +81,11 @@ fn simulate_cleanup(previous: &[PathBuf]) -> HashSet<PathBuf> {
 /// Runs `plan` with the options of `local`.
 pub fn run(args: &LocalArgs) -> ExitCode {
     let fail = |message: &str| {
-        println!("Install would fail: {message}");
+        crate::outln!("Install would fail: {message}");
         ExitCode::from(1)
     };
     let usage = |message: &str| {
-        println!("ERROR: {message}");
+        crate::outln!("ERROR: {message}");
         ExitCode::from(2)
     };
     let cwd = match std::env::current_dir() {
@@ -134,11 +134,11 @@ pub fn run(args: &LocalArgs) -> ExitCode {
 
     let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
     let group = &run.deployment_group_id;
-    println!(
+    crate::outln!(
         "Plan for a deployment of {} to group {group}",
         run.location_text
     );
-    println!("Deployment root: {}", config.root_dir.display());
+    crate::outln!("Deployment root: {}", config.root_dir.display());
     let previous: Vec<PathBuf> = fs::read(root.cleanup_file(group))
         .map(|b| install::parse_cleanup(&b))
         .unwrap_or_default()
@@ -203,8 +203,8 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         })
         .collect();
     let overwritten: HashSet<&Path> = resolved.overwritten.iter().map(PathBuf::as_path).collect();
-    println!();
-    println!("Files:");
+    crate::outln!();
+    crate::outln!("Files:");
     let mut counts = (0usize, 0usize, 0usize, 0usize);
     // What the cleanup removes and this revision does not bring back; directories that keep
     // foreign files survive the cleanup and are not listed.
@@ -213,12 +213,14 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         .rev()
         .filter(|p| removed.contains(*p) && !new_targets.contains(p.as_path()))
     {
-        println!("  remove     {}", p.display());
+        crate::outln!("  remove     {}", p.display());
         counts.3 += 1;
     }
     for i in &resolved.plan.instructions {
         match i {
-            Instruction::Mkdir { directory } => println!("  mkdir      {}", directory.display()),
+            Instruction::Mkdir { directory } => {
+                crate::outln!("  mkdir      {}", directory.display())
+            }
             Instruction::Copy {
                 source,
                 destination,
@@ -236,7 +238,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                 };
                 let rel = source.strip_prefix(&bundle_dir).unwrap_or(source);
                 let link = if *symlink { " (symlink)" } else { "" };
-                println!(
+                crate::outln!(
                     "  {verb:<10} {} <- {}{link}",
                     destination.display(),
                     rel.display()
@@ -246,7 +248,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         }
     }
     for p in &resolved.retained {
-        println!(
+        crate::outln!(
             "  retain     {} (exists; file_exists_behavior RETAIN)",
             p.display()
         );
@@ -288,15 +290,15 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         })
         .collect();
     if !permissions.is_empty() {
-        println!();
-        println!("Permissions:");
+        crate::outln!();
+        crate::outln!("Permissions:");
         for p in &permissions {
-            println!("{p}");
+            crate::outln!("{p}");
         }
     }
 
-    println!();
-    println!("Hooks:");
+    crate::outln!();
+    crate::outln!("Hooks:");
     let last_successful = root.last_successful(group).ok().flatten();
     for event in local::event_sequence(run.events.as_deref()) {
         if event == "DownloadBundle" || event == "Install" {
@@ -333,22 +335,23 @@ pub fn run(args: &LocalArgs) -> ExitCode {
             .unwrap_or_default();
         if scripts.is_empty() {
             if !source.is_empty() && appspec.is_none() {
-                println!("  {event}{source}");
+                crate::outln!("  {event}{source}");
             }
             continue;
         }
-        println!("  {event}{source}");
+        crate::outln!("  {event}{source}");
         for s in scripts {
             let user = s.runas.as_deref().unwrap_or("the agent's user");
             let sudo = if s.sudo { ", sudo" } else { "" };
-            println!(
+            crate::outln!(
                 "    {} (timeout {} s, as {user}{sudo})",
-                s.location, s.timeout
+                s.location,
+                s.timeout
             );
         }
     }
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "Summary: {} to copy, {} to overwrite, {} to retain, {} to remove, {} permission changes",
         counts.0,
         counts.1,

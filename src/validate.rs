@@ -244,7 +244,7 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     let findings = match check(&args.path, args.os.into()) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -252,23 +252,23 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     let warnings = findings.len() - errors;
     match args.format {
         OutputFormat::Json => {
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&findings).unwrap_or_else(|_| "[]".into())
             );
         }
         OutputFormat::Text => {
             for f in &findings {
-                println!("{}", f.render());
+                crate::outln!("{}", f.render());
             }
             if errors == 0 {
-                println!(
+                crate::outln!(
                     "{}: valid ({warnings} warning{})",
                     args.path.display(),
                     if warnings == 1 { "" } else { "s" }
                 );
             } else {
-                println!(
+                crate::outln!(
                     "{}: {errors} error{} and {warnings} warning{}",
                     args.path.display(),
                     if errors == 1 { "" } else { "s" },

@@ -124,7 +124,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            crate::errln!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -139,7 +139,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         journal: config.log_to_journal,
         hook_output_to_journal: config.hook_output_to_journal,
     }) {
-        eprintln!("{e}");
+        crate::errln!("{e}");
         return ExitCode::from(1);
     }
     let _lock = match PidLock::acquire(&config) {

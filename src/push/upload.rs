@@ -232,7 +232,7 @@ async fn abort(client: &aws_sdk_s3::Client, target: &S3Target, upload_id: &str) 
         .send()
         .await
     {
-        eprintln!(
+        crate::errln!(
             "codedeploy-agent deploy: could not abort the multipart upload {upload_id} of \
              s3://{}/{}: {}; a bucket lifecycle rule (AbortIncompleteMultipartUpload) cleans \
              such parts up",

@@ -1,0 +1,104 @@
+//! What a newcomer meets in the first hour, through the real binary: a closed stdout, one
+//! verdict on unknown lifecycle events from validate, plan and local, warnings on the terminal,
+//! the sample for any user, start-up failures that say what to do next.
+
+mod support;
+
+use std::fs;
+use std::process::{Command, Stdio};
+
+use support::{Run, Sandbox, bin};
+
+/// Runs the binary with a stdout whose reader is already gone (`… | head -0`), stderr captured.
+fn with_closed_stdout(args: &[&str]) -> Run {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    Run::from(out)
+}
+
+fn assert_quiet_end(run: &Run, what: &str) {
+    assert_ne!(run.code, -1, "{what}: killed by a signal: {}", run.stderr);
+    assert_ne!(run.code, 101, "{what}: panicked: {}", run.stderr);
+    assert_ne!(run.code, 134, "{what}: aborted: {}", run.stderr);
+    assert!(
+        !run.stderr.contains("panicked") && !run.stderr.contains("Broken pipe"),
+        "{what}: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn every_command_treats_a_closed_stdout_as_the_end_of_output() {
+    let s = Sandbox::new();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello-app");
+    let config = s.config();
+    let config = config.to_str().expect("utf8");
+    let b = s.bundle(
+        "ok",
+        &[
+            (
+                "appspec.yml",
+                "version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/a.sh\n",
+            ),
+            ("scripts/a.sh", "#!/bin/sh\necho hi\n"),
+        ],
+    );
+    let b = b.to_str().expect("utf8");
+    let pid_dir = s.path().join("pid");
+    let status_config = s.path().join("status.yml");
+    fs::write(
+        &status_config,
+        format!(
+            ":root_dir: {}\n:log_dir: {}\n:pid_dir: {}\n",
+            s.root().display(),
+            s.path().join("log").display(),
+            pid_dir.display()
+        ),
+    )
+    .expect("write");
+    let status_config = status_config.to_str().expect("utf8");
+    let cases: Vec<(&str, Vec<&str>, Option<i32>)> = vec![
+        ("validate", vec!["validate", sample], Some(0)),
+        (
+            "validate --format json",
+            vec!["validate", "--format", "json", sample],
+            Some(0),
+        ),
+        ("plan", vec!["plan", "-c", config, "-l", b], Some(0)),
+        ("local", vec!["local", "-c", config, "-l", b], Some(0)),
+        ("local --version", vec!["local", "--version"], Some(0)),
+        ("status --help", vec!["status", "--help"], Some(0)),
+        ("status", vec!["status", "--config", status_config], None),
+        (
+            "status --json",
+            vec!["status", "--json", "--config", status_config],
+            None,
+        ),
+        (
+            "prepare-image --dry-run",
+            vec!["prepare-image", "--dry-run", "--config", status_config],
+            None,
+        ),
+        ("--help", vec!["--help"], Some(0)),
+        ("--version", vec!["--version"], Some(0)),
+    ];
+    for (what, args, code) in cases {
+        let run = with_closed_stdout(&args);
+        assert_quiet_end(&run, what);
+        if let Some(code) = code {
+            assert_eq!(run.code, code, "{what}: {}", run.stderr);
+        }
+    }
+    // The local deployment ran to its end although nobody read its output.
+    let logs = fs::read_dir(s.root().join("default-local-deployment-group"))
+        .expect("group dir")
+        .count();
+    assert_eq!(logs, 1);
+}
