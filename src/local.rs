@@ -711,7 +711,11 @@ fn report_failure(failure: &CommandFailure, deployment_dir: &Path, see_log: &dyn
     } else {
         see_log();
         crate::outln!("ERROR: {}", failure.message);
-        for detail in failure.details.iter().skip(1) {
+        // The first appspec problem is the message itself; the rest, and every positioned
+        // explanation (unknown lifecycle events), follow it.
+        let repeats =
+            |d: &String| *d == failure.message || d.ends_with(&format!(": {}", failure.message));
+        for detail in failure.details.iter().filter(|d| !repeats(d)) {
             crate::outln!("  {detail}");
         }
     }

@@ -126,11 +126,29 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         .appspec_filename
         .clone()
         .unwrap_or_else(|| "appspec.yml".into());
-    let (_, spec) = match read_appspec(&bundle_dir, &[&appspec_name, "appspec.yaml", "appspec.yml"])
-    {
-        Ok(x) => x,
-        Err(message) => return fail(&message),
-    };
+    let (appspec_path, spec) =
+        match read_appspec(&bundle_dir, &[&appspec_name, "appspec.yaml", "appspec.yml"]) {
+            Ok(x) => x,
+            Err(message) => return fail(&message),
+        };
+    // The verdict Install gives on the event names (appspec::events::check), with local's
+    // AllPossibleLifecycleEvents and hook mapping.
+    let all = local::all_possible_events(run.events.as_deref());
+    let keys: Vec<String> = local::hook_events(run.events.as_deref())
+        .into_iter()
+        .collect();
+    let file_name = appspec_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Err(e) = appspec::events::check(&spec, &file_name, &all, &keys) {
+        let mut message = e.to_string();
+        for detail in e.details() {
+            message.push_str("\n  ");
+            message.push_str(&detail);
+        }
+        return fail(&message);
+    }
 
     let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
     let group = &run.deployment_group_id;

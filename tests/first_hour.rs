@@ -102,3 +102,81 @@ fn every_command_treats_a_closed_stdout_as_the_end_of_output() {
         .count();
     assert_eq!(logs, 1);
 }
+
+fn typo_bundle(s: &Sandbox) -> std::path::PathBuf {
+    s.bundle(
+        "typo",
+        &[
+            (
+                "appspec.yml",
+                "version: 0.0\nos: linux\nhooks:\n  BeforeInstall:\n    - location: scripts/a.sh\n  AfterInstal:\n    - location: scripts/a.sh\n",
+            ),
+            ("scripts/a.sh", "#!/bin/sh\necho hi\n"),
+        ],
+    )
+}
+
+#[test]
+fn validate_plan_and_local_give_one_verdict_on_an_unknown_event() {
+    let s = Sandbox::new();
+    let b = typo_bundle(&s);
+    let b = b.to_str().expect("utf8");
+    let config = s.config();
+    let config = config.to_str().expect("utf8");
+    let position = "appspec.yml:6:3: AfterInstal is not a lifecycle event of this deployment; did you mean AfterInstall?";
+    let aws = r#"appspec.yml file contains unknown lifecycle events: ["AfterInstal"]"#;
+
+    let validate = Run::from(
+        Command::new(bin())
+            .args(["validate", b])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(validate.code, 1, "{}", validate.stdout);
+    assert!(
+        validate
+            .stdout
+            .contains(&position.replace(": AfterInstal is", ": error: AfterInstal is")),
+        "{}",
+        validate.stdout
+    );
+
+    let plan = Run::from(
+        Command::new(bin())
+            .args(["plan", "-c", config, "-l", b])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(plan.code, 1, "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains(aws) && plan.stdout.contains(position),
+        "{}",
+        plan.stdout
+    );
+
+    let local = s.local(&["-l", b]);
+    assert_eq!(local.code, 1, "{}", local.stdout);
+    assert!(
+        local.stdout.contains(&format!("ERROR: {aws}")),
+        "{}",
+        local.stdout
+    );
+    assert!(local.stdout.contains(position), "{}", local.stdout);
+
+    // A custom event the deployment names is accepted by all three.
+    let validate = Run::from(
+        Command::new(bin())
+            .args(["validate", "--events", "AfterInstal", b])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(validate.code, 0, "{}", validate.stdout);
+    let plan = Run::from(
+        Command::new(bin())
+            .args(["plan", "-c", config, "-l", b, "--events", "AfterInstal"])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(plan.code, 0, "{}", plan.stdout);
+    s.local(&["-l", b, "--events", "AfterInstal"]).assert_ok();
+}

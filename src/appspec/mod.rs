@@ -2,6 +2,7 @@
 //! (agent-behaviour.md §5.2–§5.6), but report every problem at once with `line:column`.
 
 mod acl;
+pub mod events;
 pub mod model;
 mod parse;
 pub mod pattern;

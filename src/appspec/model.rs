@@ -297,6 +297,8 @@ pub struct AppSpec {
     pub permissions: Vec<Permission>,
     /// Hook events in file order; null entries are already dropped.
     pub hooks: Vec<(String, Vec<Script>)>,
+    /// Where each `hooks` key is written, same order as `hooks` (for diagnostics).
+    pub hook_positions: Vec<Position>,
     pub file_exists_behavior: Option<FileExistsBehavior>,
 }
 
@@ -308,5 +310,15 @@ impl AppSpec {
             .rev() // a repeated key: the last one wins, as in Ruby
             .find(|(name, _)| name == event)
             .map(|(_, scripts)| scripts.as_slice())
+    }
+
+    /// Where the `hooks` key `event` is written (its last occurrence), if known.
+    pub fn hook_position(&self, event: &str) -> Option<Position> {
+        self.hooks
+            .iter()
+            .zip(&self.hook_positions)
+            .rev()
+            .find(|((name, _), _)| name == event)
+            .map(|(_, pos)| *pos)
     }
 }
