@@ -470,8 +470,54 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(Config, Option<String>), 
     }
 }
 
-/// Sends the agent's own log lines to `<log_dir>/codedeploy-local.log` when that is writable.
-fn init_logging(config: &Config) {
+/// Prints the appspec's warnings (once, on stderr) and where its files go, from the revision
+/// just downloaded into `deployment_dir`; the executor logs the same warnings once.
+fn report_appspec(deployment_dir: &Path, appspec_filename: Option<&str>) {
+    let archive = deployment_dir.join("deployment-archive");
+    let Some(path) = [appspec_filename.unwrap_or("appspec.yml"), "appspec.yml", "appspec.yaml"]
+        .iter()
+        .map(|n| archive.join(n))
+        .find(|p| p.is_file())
+    else {
+        return;
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let Ok(parsed) = crate::appspec::parse(&text, crate::appspec::Os::Linux) else {
+        return; // Install reports the errors.
+    };
+    for w in &parsed.warnings {
+        match w.position {
+            Some(p) => crate::errln!("warning: {name}:{p}: {}", w.message),
+            None => crate::errln!("warning: {name}: {}", w.message),
+        }
+    }
+    let mut destinations: Vec<&str> = parsed
+        .spec
+        .files
+        .iter()
+        .map(|f| f.destination.as_str())
+        .collect();
+    destinations.dedup();
+    if destinations.is_empty() {
+        crate::outln!(
+            "Files: the appspec has no files section; the revision stays in {}",
+            archive.display()
+        );
+    } else {
+        crate::outln!("Files go to: {}", destinations.join(", "));
+    }
+}
+
+/// Sends the agent's own log lines to `<log_dir>/codedeploy-local.log` when that is writable,
+/// and returns that file.
+fn init_logging(config: &Config) -> Option<PathBuf> {
+    let file = config.log_dir.join("codedeploy-local.log");
     if let Err(e) = crate::logging::init_with(&crate::logging::LogOptions {
         log_dir: &config.log_dir,
         file_name: "codedeploy-local.log",
@@ -483,7 +529,9 @@ fn init_logging(config: &Config) {
         hook_output_to_journal: false,
     }) {
         crate::errln!("warning: {e}; continuing without a log file");
+        return None;
     }
+    Some(file)
 }
 
 /// Shows how much of a remote bundle has arrived, by watching `bundle.tar` grow (a local
@@ -562,13 +610,15 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         Ok(run) => run,
         Err(e) => return fail(&e.0),
     };
-    init_logging(&config);
+    let log_file = init_logging(&config);
     let tty = std::io::stdout().is_terminal();
+    // Lines that say what happened are printed on a terminal and on a pipe alike.
     if let Some(note) = note {
-        if tty {
-            crate::outln!("{note}");
-        }
+        crate::outln!("{note}");
         tracing::info!("{note}");
+    }
+    if let Some(log_file) = &log_file {
+        crate::outln!("Agent log: {}", log_file.display());
     }
 
     let deployment_id = random_deployment_id();
@@ -610,7 +660,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     for event in event_sequence(run.events.as_deref()) {
         let event_started = Instant::now();
         let mut ran_scripts = false;
-        let mut progress = |p: Progress| {
+        let mut terminal = |p: Progress| {
             if let Progress::EventStarted { .. } = p {
                 ran_scripts = true;
             }
@@ -649,16 +699,23 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                         fmt_duration(elapsed)
                     );
                 }
-                Progress::Installed { summary, elapsed } => crate::outln!(
+                _ => {}
+            }
+        };
+        let mut progress = |p: Progress| {
+            // What Install did is printed on a pipe too.
+            if let Progress::Installed { summary, elapsed } = &p {
+                let (summary, elapsed) = (summary, *elapsed);
+                crate::outln!(
                     "  installed: {} files copied, {} directories created, {} permissions set, {} previous files removed in {}",
                     summary.copied,
                     summary.directories,
                     summary.permissions,
                     summary.removed,
                     fmt_duration(elapsed)
-                ),
-                _ => {}
+                );
             }
+            terminal(p);
         };
         if tty {
             crate::outln!("==> {event}");
@@ -667,6 +724,9 @@ pub fn run(args: &LocalArgs) -> ExitCode {
             .then(|| DownloadWatcher::start(deployment_dir.join("bundle.tar")));
         let result = executor.execute(&event, &spec, &mapping, &mut progress);
         drop(watcher);
+        if event == "DownloadBundle" && result.is_ok() {
+            report_appspec(&deployment_dir, run.appspec_filename.as_deref());
+        }
         match result {
             Ok(()) => {
                 if tty {
@@ -682,13 +742,11 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         }
     }
     see_log();
-    if tty {
-        crate::outln!(
-            "Deployment {deployment_id} of group {} finished in {}",
-            spec.deployment_group_id,
-            fmt_duration(started.elapsed())
-        );
-    }
+    crate::outln!(
+        "Deployment {deployment_id} of group {} finished in {}",
+        spec.deployment_group_id,
+        fmt_duration(started.elapsed())
+    );
     crate::outln!("AppSpec file valid. Local deployment successful");
     ExitCode::SUCCESS
 }

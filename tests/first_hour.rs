@@ -180,3 +180,34 @@ fn validate_plan_and_local_give_one_verdict_on_an_unknown_event() {
     assert_eq!(plan.code, 0, "{}", plan.stdout);
     s.local(&["-l", b, "--events", "AfterInstal"]).assert_ok();
 }
+
+#[test]
+fn appspec_warnings_reach_the_terminal_once_and_the_log_once() {
+    let s = Sandbox::new();
+    let b = s.bundle(
+        "hooks-typo",
+        &[
+            (
+                "appspec.yml",
+                "version: 0.0\nos: linux\nHooks:\n  AfterInstall:\n    - location: scripts/a.sh\n",
+            ),
+            ("scripts/a.sh", "#!/bin/sh\necho hi\n"),
+        ],
+    );
+    let run = s.local(&["-l", b.to_str().expect("utf8")]);
+    run.assert_ok();
+    let warning = "The key Hooks is ignored";
+    assert_eq!(run.stderr.matches(warning).count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("warning: appspec.yml:3:1: "), "{}", run.stderr);
+    let log = s.path().join("log").join("codedeploy-local.log");
+    assert!(
+        run.stdout.contains(&format!("Agent log: {}", log.display())),
+        "{}",
+        run.stdout
+    );
+    let text = fs::read_to_string(&log).expect("log");
+    assert_eq!(text.matches(warning).count(), 1, "{text}");
+    // On a pipe, what happened is still said: where the files went and the summary.
+    assert!(run.stdout.contains("Files: the appspec has no files section"), "{}", run.stdout);
+    assert!(run.stdout.contains("finished in"), "{}", run.stdout);
+}

@@ -402,8 +402,13 @@ impl Executor<'_> {
             .unwrap_or_default();
         appspec::parse(&text, self.settings.os)
             .map(|parsed| {
-                for w in &parsed.warnings {
-                    tracing::warn!(file = %path.display(), "{}", w.message);
+                // Every event of a deployment parses its appspec again; its warnings are
+                // logged once, for the first parse of this file.
+                if first_parse_of(path) {
+                    for w in &parsed.warnings {
+                        let at = w.position.map(|p| format!(":{p}")).unwrap_or_default();
+                        tracing::warn!("{}{at}: {}", path.display(), w.message);
+                    }
                 }
                 parsed.spec
             })
@@ -542,6 +547,18 @@ pub fn hook_env(event: &str, spec: &DeploymentSpec) -> HookEnv {
         deployment_group_id: spec.deployment_group_id.clone(),
         extra,
     }
+}
+
+/// True the first time `path` is parsed in a row: the last path parsed is remembered, so a
+/// deployment's warnings are logged once however many events read its appspec.
+fn first_parse_of(path: &Path) -> bool {
+    static LAST: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.as_deref() == Some(path) {
+        return false;
+    }
+    *last = Some(path.to_path_buf());
+    true
 }
 
 /// The Install-time checks against `AllPossibleLifecycleEvents` (§5.10): the one verdict
