@@ -474,11 +474,14 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(Config, Option<String>), 
 /// just downloaded into `deployment_dir`; the executor logs the same warnings once.
 fn report_appspec(deployment_dir: &Path, appspec_filename: Option<&str>) {
     let archive = deployment_dir.join("deployment-archive");
-    let Some(path) = [appspec_filename.unwrap_or("appspec.yml"), "appspec.yml", "appspec.yaml"]
-        .iter()
-        .map(|n| archive.join(n))
-        .find(|p| p.is_file())
-    else {
+    let Some(path) = [
+        appspec_filename.unwrap_or("appspec.yml"),
+        "appspec.yml",
+        "appspec.yaml",
+    ]
+    .iter()
+    .map(|n| archive.join(n))
+    .find(|p| p.is_file()) else {
         return;
     };
     let name = path

@@ -198,16 +198,138 @@ fn appspec_warnings_reach_the_terminal_once_and_the_log_once() {
     run.assert_ok();
     let warning = "The key Hooks is ignored";
     assert_eq!(run.stderr.matches(warning).count(), 1, "{}", run.stderr);
-    assert!(run.stderr.contains("warning: appspec.yml:3:1: "), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("warning: appspec.yml:3:1: "),
+        "{}",
+        run.stderr
+    );
     let log = s.path().join("log").join("codedeploy-local.log");
     assert!(
-        run.stdout.contains(&format!("Agent log: {}", log.display())),
+        run.stdout
+            .contains(&format!("Agent log: {}", log.display())),
         "{}",
         run.stdout
     );
     let text = fs::read_to_string(&log).expect("log");
     assert_eq!(text.matches(warning).count(), 1, "{text}");
     // On a pipe, what happened is still said: where the files went and the summary.
-    assert!(run.stdout.contains("Files: the appspec has no files section"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("Files: the appspec has no files section"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("finished in"), "{}", run.stdout);
+}
+
+/// Creates (once) a local user for the README check and returns its uid.
+fn test_user(name: &str) -> u32 {
+    let exists = Command::new("id").args(["-u", name]).output().expect("id");
+    if !exists.status.success() {
+        let made = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", name])
+            .status()
+            .expect("useradd");
+        assert!(made.success(), "useradd {name}");
+    }
+    let out = Command::new("id").args(["-u", name]).output().expect("id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("uid")
+}
+
+/// The README's first command, as `user` (None: root) with its own empty HOME.
+fn readme_first_command(home: &std::path::Path, user: Option<&str>) -> Run {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello-app");
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            // runuser sets HOME from passwd; env puts the test's HOME back.
+            c.args(["-u", u, "--", "env"])
+                .arg(format!("HOME={}", home.display()))
+                .arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
+    cmd.args(["local", "--bundle-location", sample])
+        .env("HOME", home)
+        .env_remove("XDG_STATE_HOME")
+        .stdin(Stdio::null());
+    Run::from(cmd.output().expect("run"))
+}
+
+#[test]
+fn the_readme_first_command_works_for_root_and_two_users_twice_each() {
+    if !support::is_root() {
+        eprintln!("skipped: needs root (creates users)");
+        return;
+    }
+    if std::path::Path::new("/etc/codedeploy-agent/conf/codedeployagent.yml").exists() {
+        eprintln!("skipped: this machine has an agent configuration file");
+        return;
+    }
+    let s = Sandbox::new();
+    fs::set_permissions(
+        s.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let users = [None, Some("cdfirsthour1"), Some("cdfirsthour2")];
+    for user in users {
+        let home = s.path().join(format!("home-{}", user.unwrap_or("root")));
+        fs::create_dir(&home).expect("mkdir home");
+        if let Some(u) = user {
+            let uid = test_user(u);
+            std::os::unix::fs::chown(&home, Some(uid), None).expect("chown home");
+        }
+        let state = home.join(".local/state/codedeploy-agent");
+        for round in 0..2 {
+            let run = readme_first_command(&home, user);
+            assert_eq!(
+                run.code, 0,
+                "{user:?} round {round}: {}{}",
+                run.stdout, run.stderr
+            );
+            let out = &run.stdout;
+            assert!(
+                out.contains("AppSpec file valid. Local deployment successful"),
+                "{out}"
+            );
+            // Said on a pipe too: the configuration note, the state dir, where the files are.
+            assert!(
+                out.contains(&format!(
+                    "using built-in defaults with the deployment root {}",
+                    state.join("deployment-root").display()
+                )),
+                "{user:?}: {out}"
+            );
+            assert!(
+                out.contains(&format!(
+                    "Agent log: {}",
+                    state.join("log/codedeploy-local.log").display()
+                )),
+                "{out}"
+            );
+            assert!(out.contains("the revision stays in "), "{out}");
+            assert!(out.contains("finished in"), "{out}");
+        }
+        let log = fs::read_to_string(
+            fs::read_dir(state.join("deployment-root/default-local-deployment-group"))
+                .expect("group")
+                .flatten()
+                .map(|e| e.path().join("logs/scripts.log"))
+                .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+                .expect("a deployment"),
+        )
+        .expect("scripts.log");
+        // The second round stopped the first round's app.
+        assert!(log.contains("stopping hello-app"), "{user:?}: {log}");
+        // Stop the sample's background heartbeat.
+        let pid = home.join(".local/state/codedeploy-hello-app/hello.pid");
+        if let Ok(pid) = fs::read_to_string(pid) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
 }

@@ -553,7 +553,9 @@ pub fn hook_env(event: &str, spec: &DeploymentSpec) -> HookEnv {
 /// deployment's warnings are logged once however many events read its appspec.
 fn first_parse_of(path: &Path) -> bool {
     static LAST: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if last.as_deref() == Some(path) {
         return false;
     }
