@@ -333,3 +333,82 @@ fn the_readme_first_command_works_for_root_and_two_users_twice_each() {
         }
     }
 }
+
+/// Starts `codedeploy-agent run` with no on-premises file, IMDS at `imds_url` (a loopback fake),
+/// stderr into a file; returns the child and the stderr path.
+fn daemon_off_ec2(s: &Sandbox, imds_url: &str) -> (std::process::Child, std::path::PathBuf) {
+    let config = s.path().join("agent.yml");
+    fs::write(
+        &config,
+        format!(
+            ":root_dir: {root}\n:log_dir: {dir}/log\n:pid_dir: {dir}/pid\n:on_premises_config_file: {dir}/no-such-onprem.yml\n",
+            root = s.root().display(),
+            dir = s.path().display()
+        ),
+    )
+    .expect("write config");
+    let stderr = s.path().join("daemon.stderr");
+    let child = Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&config)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_HOST_IDENTIFIER")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds_url)
+        .env("HOME", s.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("spawn");
+    (child, stderr)
+}
+
+fn assert_says_what_to_do(text: &str, s: &Sandbox) {
+    let onprem = s.path().join("no-such-onprem.yml");
+    assert!(
+        text.contains(&format!(
+            "There is no on-premises configuration at {}",
+            onprem.display()
+        )) && text.contains("Off EC2, register this host with CodeDeploy and write that file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn off_ec2_the_daemon_says_the_on_premises_file_is_missing() {
+    for status in [403, 404] {
+        let s = Sandbox::new();
+        let imds = support::fake_imds::FakeImds::start();
+        imds.set(|st| {
+            st.token_status = Some(status);
+            st.v1_allowed = false;
+        });
+        let (child, stderr) = daemon_off_ec2(&s, &imds.url());
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(1), "{status}");
+        let text = fs::read_to_string(&stderr).expect("stderr");
+        assert!(text.contains(&format!("at {}", imds.url())), "{text}");
+        assert_says_what_to_do(&text, &s);
+    }
+    // Nothing listening: the agent keeps asking, and says what to do and when it asks again.
+    let s = Sandbox::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let (mut child, stderr) = daemon_off_ec2(&s, &format!("http://127.0.0.1:{port}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let text = loop {
+        let text = fs::read_to_string(&stderr).unwrap_or_default();
+        if text.contains("next try in") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("next try in 2 s"), "{text}");
+    assert_says_what_to_do(&text, &s);
+}

@@ -282,8 +282,10 @@ async fn resolve_identity(config: &Config, imds: &Imds) -> Result<identity::Iden
             Ok(identity) => return Ok(identity),
             Err(identity::IdentityError::Imds(e)) if imds_unreachable(&e) => {
                 tracing::error!(
-                    "cannot read the instance identity from the instance metadata service: {e}; trying again in {}s",
-                    pause.as_secs()
+                    "cannot read the instance identity from the instance metadata service at {}: {e}; next try in {} s. {}",
+                    imds.endpoint(),
+                    pause.as_secs(),
+                    identity_hint(config)
                 );
                 notifier.notify(&format!(
                     "EXTEND_TIMEOUT_USEC={}\nSTATUS=waiting for the instance metadata service",
@@ -292,9 +294,28 @@ async fn resolve_identity(config: &Config, imds: &Imds) -> Result<identity::Iden
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(60));
             }
+            Err(e @ identity::IdentityError::Imds(_)) => {
+                return Err(format!(
+                    "cannot read the instance identity from the instance metadata service at {}: {e}. {}",
+                    imds.endpoint(),
+                    identity_hint(config)
+                ));
+            }
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// What to do when no identity could be found: the on-premises file is what an off-EC2 host
+/// is missing; on EC2 the metadata service must answer.
+fn identity_hint(config: &Config) -> String {
+    format!(
+        "There is no on-premises configuration at {} (on_premises_config_file). Off EC2, register \
+         this host with CodeDeploy and write that file (docs/operations.md, \"Troubleshooting\"); \
+         on EC2, check that the instance metadata service is enabled (and, in a container, its \
+         hop limit)",
+        config.on_premises_config_file.display()
+    )
 }
 
 /// No answer, a 5xx or throttling (possibly while getting the token): worth asking again.
