@@ -80,6 +80,11 @@ fn simulate_cleanup(previous: &[PathBuf]) -> HashSet<PathBuf> {
 
 /// Runs `plan` with the options of `local`.
 pub fn run(args: &LocalArgs) -> ExitCode {
+    // `-v` is codedeploy-local's --version; plan takes the same options, so the same answer.
+    if args.version {
+        crate::outln!("{}", crate::VERSION);
+        return ExitCode::SUCCESS;
+    }
     let fail = |message: &str| {
         crate::outln!("Install would fail: {message}");
         ExitCode::from(1)

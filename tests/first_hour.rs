@@ -412,3 +412,79 @@ fn off_ec2_the_daemon_says_the_on_premises_file_is_missing() {
     assert!(text.contains("next try in 2 s"), "{text}");
     assert_says_what_to_do(&text, &s);
 }
+
+#[test]
+fn small_things_say_what_they_do() {
+    // plan -v answers like local -v.
+    let plan = Run::from(
+        Command::new(bin())
+            .args(["plan", "-v"])
+            .output()
+            .expect("run"),
+    );
+    let local = Run::from(
+        Command::new(bin())
+            .args(["local", "-v"])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(plan.code, 0);
+    assert_eq!(plan.stdout, local.stdout);
+    assert!(!plan.stdout.is_empty());
+    // status --help lists its exit codes.
+    let help = Run::from(
+        Command::new(bin())
+            .args(["status", "--help"])
+            .output()
+            .expect("run"),
+    );
+    assert!(
+        help.stdout
+            .contains("0 the agent is running, 3 it is not running"),
+        "{}",
+        help.stdout
+    );
+    // deploy without credentials says so, not "check the bucket name". No network: a closed
+    // loopback port, IMDS disabled.
+    let home = tempfile::tempdir().expect("tempdir");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello-app");
+    let run = Run::from(
+        Command::new(bin())
+            .args([
+                "deploy",
+                "--application-name",
+                "a",
+                "--deployment-group-name",
+                "g",
+            ])
+            .args(["--s3-location", "s3://b/k", "--source", sample])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", home.path().join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("none"))
+            .env("HOME", home.path())
+            .env("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+            .env("AWS_ENDPOINT_URL_CODEDEPLOY", "http://127.0.0.1:9")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run"),
+    );
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("no AWS credentials were found"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("Check the bucket name"),
+        "{}",
+        run.stderr
+    );
+}

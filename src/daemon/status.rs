@@ -574,6 +574,10 @@ mod tests {
 
 /// Options of `codedeploy-agent status`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Exit codes (LSB): 0 the agent is running, 3 it is not running, \
+4 the status cannot be known (the configuration cannot be read)."
+)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub config: super::start::ConfigArg,
