@@ -488,3 +488,103 @@ fn small_things_say_what_they_do() {
         run.stderr
     );
 }
+
+/// The daemon's log as an operator reads it: started against a closed loopback service port,
+/// stopped once it has logged a poll error.
+#[test]
+fn the_daemon_log_has_no_duplicated_or_debug_rendered_lines() {
+    let s = Sandbox::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = s.path().join("agent.yml");
+    fs::write(
+        &config,
+        format!(
+            ":root_dir: {root}\n:log_dir: {dir}/log\n:pid_dir: {dir}/pid\n:codedeploy_test_profile: beta\n\
+             :deploy_control_endpoint: http://127.0.0.1:{port}\n:on_premises_config_file: {dir}/none.yml\n:startup_jitter_ms: 0\n",
+            root = s.root().display(),
+            dir = s.path().display()
+        ),
+    )
+    .expect("config");
+    for format in ["text", "json"] {
+        let stderr = s.path().join(format!("stderr.{format}"));
+        let mut child = Command::new(bin())
+            .args(["run", "--log-format", format, "-c"])
+            .arg(&config)
+            .env("AWS_REGION", "us-east-1")
+            .env(
+                "AWS_HOST_IDENTIFIER",
+                "arn:aws:ec2:us-east-1:111122223333:instance/i-1",
+            )
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+            .env("HOME", s.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).expect("stderr"))
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let text = loop {
+            let text = fs::read_to_string(&stderr).unwrap_or_default();
+            if text.contains("next try in") || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let _ = nix_kill(child.id());
+        let _ = child.wait();
+        assert!(text.contains("next try in"), "{format}: {text}");
+        assert!(
+            !text.contains("Some(") && !text.contains("None"),
+            "{format}: {text}"
+        );
+        let messages: Vec<String> = text
+            .lines()
+            .map(|l| match format {
+                // Drop the timestamp and pid: the rest must not repeat.
+                "text" => l.split_once("]: ").map_or(l, |(_, m)| m).to_owned(),
+                _ => serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("message")
+                            .or_else(|| v.get("fields").and_then(|f| f.get("message")))
+                            .cloned()
+                    })
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| l.to_owned()),
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for m in &messages {
+            assert!(
+                seen.insert(m.clone()),
+                "{format}: repeated line {m}\n{text}"
+            );
+        }
+        let endpoint_lines = messages
+            .iter()
+            .filter(|m| m.contains("CodeDeploy endpoint"))
+            .count();
+        assert_eq!(endpoint_lines, 1, "{format}: {text}");
+        let identity_lines = messages
+            .iter()
+            .filter(|m| m.contains("host=") || m.contains("host identity"))
+            .count();
+        assert_eq!(identity_lines, 1, "{format}: {text}");
+    }
+}
+
+fn nix_kill(pid: u32) -> std::io::Result<()> {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .map(|_| ())
+}

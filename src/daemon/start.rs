@@ -176,10 +176,14 @@ pub fn run(args: &RunArgs) -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     identity::install_crypto_provider();
-    tracing::info!(version = crate::VERSION, config = ?config.path, "starting codedeploy-agent");
+    let config_file = config.path.as_deref().map_or_else(
+        || "(built-in defaults)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    tracing::info!(version = crate::VERSION, config = %config_file, "starting codedeploy-agent");
     let imds = Imds::from_config(&config).map_err(|e| e.to_string())?;
     let identity = resolve_identity(&config, &imds).await?;
-    tracing::info!(host = %identity.host_identifier, region = %identity.region, on_prem = identity.on_prem, "identity");
+    // identity::resolve has logged "host identity resolved" with these fields.
     let credentials = identity::credentials_provider(&config, &identity, imds.endpoint()).await;
 
     let domain = identity.endpoint_domain();
@@ -195,7 +199,8 @@ async fn serve(config: Config) -> Result<(), String> {
         on_premises: identity.on_prem,
     })
     .map_err(|e| e.to_string())?;
-    tracing::info!("CodeDeploy endpoint: {url} (domain {domain})");
+    // endpoint::resolve has logged the AWS agent's "CodeDeploy endpoint: <url>".
+    tracing::debug!("CodeDeploy endpoint domain {domain}");
     let agent_version = agent_version_header(Path::new("/opt/codedeploy-agent"));
     let client = HttpHostCommands::new(
         ClientConfig::from_config(&config, url, identity.region.clone(), agent_version),
@@ -243,7 +248,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let writer = tokio::spawn(super::status::write_periodically(
         Arc::clone(&agent.observed),
         status_path.clone(),
-        Duration::from_secs(5),
+        // `status` is at most a second behind what the agent is doing.
+        Duration::from_secs(1),
     ));
     let endpoint = match config.health_endpoint {
         Some(addr) => {
