@@ -588,3 +588,34 @@ fn nix_kill(pid: u32) -> std::io::Result<()> {
         .status()
         .map(|_| ())
 }
+
+#[test]
+fn the_daemon_logs_a_failed_command_once() {
+    if !support::signing::openssl_or_skip("first_hour") {
+        return;
+    }
+    use support::daemon::{Daemon, run_commands, signed, spec_json};
+    let s = Sandbox::new();
+    let fake = support::fake_service::FakeService::start();
+    let agent = Daemon::start(&s, &fake, "", &[]);
+    let b = s.bundle(
+        "fails",
+        &[
+            ("appspec.yml", "version: 0.0\nos: linux\nhooks:\n  ApplicationStart:\n    - location: scripts/start.sh\n"),
+            ("scripts/start.sh", "#!/bin/sh\nexit 3\n"),
+        ],
+    );
+    let spec = signed(&spec_json("d-FAILONCE", "dg", &b));
+    let completes = run_commands(
+        &fake,
+        "once",
+        &["DownloadBundle", "Install", "ApplicationStart"],
+        &spec,
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(completes[2].command_status, "Failed");
+    let text = agent.log_text();
+    let message = "Script at specified location: scripts/start.sh failed with exit code 3";
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(message)).collect();
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+}

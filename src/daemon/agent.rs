@@ -692,7 +692,7 @@ impl<C: HostCommands + 'static> Agent<C> {
                 payload: SUCCESS_PAYLOAD.into(),
             },
             Err(f) => {
-                tracing::warn!(error_code = f.error_code, "{}", f.message);
+                // The executor has logged the failure ("command … failed after …").
                 OwedResult {
                     status: status::FAILED.into(),
                     payload: f.payload_json(),

@@ -251,8 +251,13 @@ impl Executor<'_> {
             Err(f) => tracing::warn!(
                 error_code = f.error_code,
                 script = %f.script_name,
-                "command {command} failed after {elapsed:.3}s: {}",
-                f.message
+                "command {command} failed after {elapsed:.3}s: {}{}",
+                f.message,
+                f.details
+                    .iter()
+                    .filter(|d| !d.ends_with(&f.message))
+                    .map(|d| format!("; {d}"))
+                    .collect::<String>()
             ),
         }
         result
