@@ -54,6 +54,11 @@ pub struct ValidateArgs {
     /// The operating system the appspec targets.
     #[arg(long, value_enum, default_value_t = TargetOs::Linux)]
     pub os: TargetOs,
+    /// Comma-separated custom lifecycle events the deployment names, as for
+    /// `codedeploy-local --events`; hooks for any other non-default event are an error, as at
+    /// Install.
+    #[arg(short = 'e', long = "events", value_name = "VALUE")]
+    pub events: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

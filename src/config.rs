@@ -419,7 +419,7 @@ impl Config {
     pub fn report_warnings(&self, stderr_is_logged: bool) {
         for warning in &self.warnings {
             if !stderr_is_logged {
-                eprintln!("warning: {warning}");
+                crate::errln!("warning: {warning}");
             }
             tracing::warn!("{warning}");
         }
@@ -429,10 +429,9 @@ impl Config {
     /// directory (`$XDG_STATE_HOME/codedeploy-agent`, else `~/.local/state/codedeploy-agent`),
     /// or the system paths when running as root.
     pub fn user_defaults() -> Self {
+        // Root too: without a configuration file a local run is the same for every user, and
+        // never writes into the daemon's /opt and /var/log paths.
         let mut config = Self::system_defaults();
-        if nix::unistd::geteuid().is_root() {
-            return config;
-        }
         let state = std::env::var_os("XDG_STATE_HOME")
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)

@@ -12,6 +12,7 @@ pub mod deploy;
 pub mod hardening;
 pub mod local;
 pub mod logging;
+pub mod output;
 pub mod prepare;
 pub mod preview;
 pub mod push;

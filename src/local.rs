@@ -500,8 +500,57 @@ pub fn load_config(explicit: Option<&Path>) -> Result<(Config, Option<String>), 
     }
 }
 
-/// Sends the agent's own log lines to `<log_dir>/codedeploy-local.log` when that is writable.
-fn init_logging(config: &Config) {
+/// Prints the appspec's warnings (once, on stderr) and where its files go, from the revision
+/// just downloaded into `deployment_dir`; the executor logs the same warnings once.
+fn report_appspec(deployment_dir: &Path, appspec_filename: Option<&str>) {
+    let archive = deployment_dir.join("deployment-archive");
+    let Some(path) = [
+        appspec_filename.unwrap_or("appspec.yml"),
+        "appspec.yml",
+        "appspec.yaml",
+    ]
+    .iter()
+    .map(|n| archive.join(n))
+    .find(|p| p.is_file()) else {
+        return;
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let Ok(parsed) = crate::appspec::parse(&text, crate::appspec::Os::Linux) else {
+        return; // Install reports the errors.
+    };
+    for w in &parsed.warnings {
+        match w.position {
+            Some(p) => crate::errln!("warning: {name}:{p}: {}", w.message),
+            None => crate::errln!("warning: {name}: {}", w.message),
+        }
+    }
+    let mut destinations: Vec<&str> = parsed
+        .spec
+        .files
+        .iter()
+        .map(|f| f.destination.as_str())
+        .collect();
+    destinations.dedup();
+    if destinations.is_empty() {
+        crate::outln!(
+            "Files: the appspec has no files section; the revision stays in {}",
+            archive.display()
+        );
+    } else {
+        crate::outln!("Files go to: {}", destinations.join(", "));
+    }
+}
+
+/// Sends the agent's own log lines to `<log_dir>/codedeploy-local.log` when that is writable,
+/// and returns that file.
+fn init_logging(config: &Config) -> Option<PathBuf> {
+    let file = config.log_dir.join("codedeploy-local.log");
     if let Err(e) = crate::logging::init_with(&crate::logging::LogOptions {
         log_dir: &config.log_dir,
         file_name: "codedeploy-local.log",
@@ -512,8 +561,10 @@ fn init_logging(config: &Config) {
         journal: false,
         hook_output_to_journal: false,
     }) {
-        eprintln!("warning: {e}; continuing without a log file");
+        crate::errln!("warning: {e}; continuing without a log file");
+        return None;
     }
+    Some(file)
 }
 
 /// Shows how much of a remote bundle has arrived, by watching `bundle.tar` grow (a local
@@ -535,14 +586,14 @@ impl DownloadWatcher {
                     && meta.is_file()
                     && meta.len() >= 1 << 20
                 {
-                    print!("\r  downloading: {} MiB", meta.len() >> 20);
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    crate::out!("\r  downloading: {} MiB", meta.len() >> 20);
+
                     shown = true;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(250));
             }
             if shown {
-                println!();
+                crate::outln!();
             }
         });
         Self {
@@ -572,12 +623,12 @@ fn fmt_duration(d: std::time::Duration) -> String {
 /// `codedeploy-local`: runs the whole deployment and returns the exit code (0 or 1).
 pub fn run(args: &LocalArgs) -> ExitCode {
     if args.version {
-        println!("{}", crate::VERSION);
+        crate::outln!("{}", crate::VERSION);
         return ExitCode::SUCCESS;
     }
     let fail = |message: &str| {
         // A location may be a presigned URL: its signature and credentials are not printed.
-        println!("ERROR: {}", crate::logging::redact(message));
+        crate::outln!("ERROR: {}", crate::logging::redact(message));
         ExitCode::from(1)
     };
     let cwd = match std::env::current_dir() {
@@ -592,7 +643,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         Ok(run) => run,
         Err(e) => return fail(&e.0),
     };
-    init_logging(&config);
+    let log_file = init_logging(&config);
     let mut config = config;
     if config.disable_core_dumps {
         config
@@ -615,17 +666,19 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         return fail(&message);
     }
     let tty = std::io::stdout().is_terminal();
+    // Lines that say what happened are printed on a terminal and on a pipe alike.
     if let Some(note) = note {
-        if tty {
-            println!("{note}");
-        }
+        crate::outln!("{note}");
         tracing::info!("{note}");
+    }
+    if let Some(log_file) = &log_file {
+        crate::outln!("Agent log: {}", log_file.display());
     }
 
     let deployment_id = random_deployment_id();
     let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
     let deployment_dir = root.deployment_dir(&run.deployment_group_id, &deployment_id);
-    println!(
+    crate::outln!(
         "Starting to execute deployment from within folder {}",
         deployment_dir.display()
     );
@@ -660,7 +713,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         match executor
             .root
             .lock_group(&run.deployment_group_id, &deployment_id, &mut |message| {
-                println!("{message}");
+                crate::outln!("{message}");
                 tracing::info!("{message}");
             }) {
             Ok(lock) => lock,
@@ -678,7 +731,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     let started = Instant::now();
     let scripts_log = deployment_dir.join("logs/scripts.log");
     let see_log = || {
-        println!(
+        crate::outln!(
             "See the deployment log at {} for more details",
             scripts_log.display()
         )
@@ -687,7 +740,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     for event in event_sequence(run.events.as_deref()) {
         let event_started = Instant::now();
         let mut ran_scripts = false;
-        let mut progress = |p: Progress| {
+        let mut terminal = |p: Progress| {
             if let Progress::EventStarted { .. } = p {
                 ran_scripts = true;
             }
@@ -697,22 +750,20 @@ pub fn run(args: &LocalArgs) -> ExitCode {
             match p {
                 // A running count while a large bundle unpacks.
                 Progress::Unpacking { files, bytes } if files >= 1000 => {
-                    print!("\r  unpacking: {files} files, {} MiB", bytes >> 20);
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    crate::out!("\r  unpacking: {files} files, {} MiB", bytes >> 20);
                 }
                 // A progress bar for installs large enough to take a while.
                 Progress::Copying { done, total } if total >= 2000 => {
                     let width = 30;
                     let filled = done * width / total.max(1);
-                    print!(
+                    crate::out!(
                         "\r  copying [{}{}] {done}/{total}",
                         "#".repeat(filled),
                         " ".repeat(width - filled)
                     );
                     if done == total {
-                        println!();
+                        crate::outln!();
                     }
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
                 }
                 Progress::Downloaded {
                     files,
@@ -720,32 +771,42 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                     elapsed,
                 } if files > 0 => {
                     if files >= 1000 {
-                        println!();
+                        crate::outln!();
                     }
-                    println!(
+                    crate::outln!(
                         "  bundle unpacked: {files} files, {} KiB in {}",
                         bytes / 1024,
                         fmt_duration(elapsed)
                     );
                 }
-                Progress::Installed { summary, elapsed } => println!(
+                _ => {}
+            }
+        };
+        let mut progress = |p: Progress| {
+            // What Install did is printed on a pipe too.
+            if let Progress::Installed { summary, elapsed } = &p {
+                let (summary, elapsed) = (summary, *elapsed);
+                crate::outln!(
                     "  installed: {} files copied, {} directories created, {} permissions set, {} previous files removed in {}",
                     summary.copied,
                     summary.directories,
                     summary.permissions,
                     summary.removed,
                     fmt_duration(elapsed)
-                ),
-                _ => {}
+                );
             }
+            terminal(p);
         };
         if tty {
-            println!("==> {event}");
+            crate::outln!("==> {event}");
         }
         let watcher = (tty && event == "DownloadBundle")
             .then(|| DownloadWatcher::start(deployment_dir.join("bundle.tar")));
         let result = executor.execute(&event, &spec, &mapping, &mut progress);
         drop(watcher);
+        if event == "DownloadBundle" && result.is_ok() {
+            report_appspec(&deployment_dir, run.appspec_filename.as_deref());
+        }
         match result {
             Ok(()) => {
                 if tty {
@@ -754,44 +815,46 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                     } else {
                         "no scripts"
                     };
-                    println!("  {what} in {}", fmt_duration(event_started.elapsed()));
+                    crate::outln!("  {what} in {}", fmt_duration(event_started.elapsed()));
                 }
             }
             Err(failure) => return report_failure(&failure, &deployment_dir, &see_log),
         }
     }
     see_log();
-    if tty {
-        println!(
-            "Deployment {deployment_id} of group {} finished in {}",
-            spec.deployment_group_id,
-            fmt_duration(started.elapsed())
-        );
-    }
-    println!("AppSpec file valid. Local deployment successful");
+    crate::outln!(
+        "Deployment {deployment_id} of group {} finished in {}",
+        spec.deployment_group_id,
+        fmt_duration(started.elapsed())
+    );
+    crate::outln!("AppSpec file valid. Local deployment successful");
     ExitCode::SUCCESS
 }
 
 fn report_failure(failure: &CommandFailure, deployment_dir: &Path, see_log: &dyn Fn()) -> ExitCode {
     if failure.is_script_error() {
-        println!(
+        crate::outln!(
             "Your local deployment failed while trying to execute your script at {}/deployment-archive/{}",
             deployment_dir.display(),
             failure.script_name
         );
-        println!("{}", failure.message);
+        crate::outln!("{}", failure.message);
         if !failure.log.is_empty() {
-            println!("Last output of the failing event:");
+            crate::outln!("Last output of the failing event:");
             for line in failure.log.lines() {
-                println!("  {line}");
+                crate::outln!("  {line}");
             }
         }
         see_log();
     } else {
         see_log();
-        println!("ERROR: {}", failure.message);
-        for detail in failure.details.iter().skip(1) {
-            println!("  {detail}");
+        crate::outln!("ERROR: {}", failure.message);
+        // The first appspec problem is the message itself; the rest, and every positioned
+        // explanation (unknown lifecycle events), follow it.
+        let repeats =
+            |d: &String| *d == failure.message || d.ends_with(&format!(": {}", failure.message));
+        for detail in failure.details.iter().filter(|d| !repeats(d)) {
+            crate::outln!("  {detail}");
         }
     }
     ExitCode::from(1)

@@ -409,7 +409,7 @@ pub fn command(args: &PrepareArgs) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            crate::errln!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -422,31 +422,31 @@ pub fn command(args: &PrepareArgs) -> ExitCode {
                 "Removed"
             };
             if outcome.removed.is_empty() {
-                println!("Nothing to remove: no instance-specific agent state found.");
+                crate::outln!("Nothing to remove: no instance-specific agent state found.");
             } else {
-                println!("{verb}:");
+                crate::outln!("{verb}:");
                 for p in &outcome.removed {
-                    println!("  {}", p.display());
+                    crate::outln!("  {}", p.display());
                 }
             }
-            println!("Kept:");
+            crate::outln!("Kept:");
             for (p, why) in &outcome.kept {
-                println!("  {} ({why})", p.display());
+                crate::outln!("  {} ({why})", p.display());
             }
             for note in &outcome.notes {
-                println!("Note: {note}");
+                crate::outln!("Note: {note}");
             }
             if args.dry_run {
-                println!("Dry run: nothing was changed.");
+                crate::outln!("Dry run: nothing was changed.");
             } else {
-                println!(
+                crate::outln!(
                     "The agent stays enabled and starts on instances launched from this image."
                 );
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("prepare-image: {e}");
+            crate::errln!("prepare-image: {e}");
             ExitCode::from(1)
         }
     }

@@ -77,12 +77,17 @@ fn simulate_cleanup(previous: &[PathBuf]) -> HashSet<PathBuf> {
 
 /// Runs `plan` with the options of `local`.
 pub fn run(args: &LocalArgs) -> ExitCode {
+    // `-v` is codedeploy-local's --version; plan takes the same options, so the same answer.
+    if args.version {
+        crate::outln!("{}", crate::VERSION);
+        return ExitCode::SUCCESS;
+    }
     let fail = |message: &str| {
-        println!("Install would fail: {message}");
+        crate::outln!("Install would fail: {message}");
         ExitCode::from(1)
     };
     let usage = |message: &str| {
-        println!("ERROR: {message}");
+        crate::outln!("ERROR: {message}");
         ExitCode::from(2)
     };
     let cwd = match std::env::current_dir() {
@@ -124,19 +129,37 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         .appspec_filename
         .clone()
         .unwrap_or_else(|| "appspec.yml".into());
-    let (_, spec) = match read_appspec(&bundle_dir, &[&appspec_name, "appspec.yaml", "appspec.yml"])
-    {
-        Ok(x) => x,
-        Err(message) => return fail(&message),
-    };
+    let (appspec_path, spec) =
+        match read_appspec(&bundle_dir, &[&appspec_name, "appspec.yaml", "appspec.yml"]) {
+            Ok(x) => x,
+            Err(message) => return fail(&message),
+        };
+    // The verdict Install gives on the event names (appspec::events::check), with local's
+    // AllPossibleLifecycleEvents and hook mapping.
+    let all = local::all_possible_events(run.events.as_deref());
+    let keys: Vec<String> = local::hook_events(run.events.as_deref())
+        .into_iter()
+        .collect();
+    let file_name = appspec_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Err(e) = appspec::events::check(&spec, &file_name, &all, &keys) {
+        let mut message = e.to_string();
+        for detail in e.details() {
+            message.push_str("\n  ");
+            message.push_str(&detail);
+        }
+        return fail(&message);
+    }
 
     let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
     let group = &run.deployment_group_id;
-    println!(
+    crate::outln!(
         "Plan for a deployment of {} to group {group}",
         run.location_text
     );
-    println!("Deployment root: {}", config.root_dir.display());
+    crate::outln!("Deployment root: {}", config.root_dir.display());
     let previous: Vec<PathBuf> = fs::read(root.cleanup_file(group))
         .map(|b| install::parse_cleanup(&b))
         .unwrap_or_default()
@@ -201,8 +224,8 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         })
         .collect();
     let overwritten: HashSet<&Path> = resolved.overwritten.iter().map(PathBuf::as_path).collect();
-    println!();
-    println!("Files:");
+    crate::outln!();
+    crate::outln!("Files:");
     let mut counts = (0usize, 0usize, 0usize, 0usize);
     // What the cleanup removes and this revision does not bring back; directories that keep
     // foreign files survive the cleanup and are not listed.
@@ -211,12 +234,14 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         .rev()
         .filter(|p| removed.contains(*p) && !new_targets.contains(p.as_path()))
     {
-        println!("  remove     {}", p.display());
+        crate::outln!("  remove     {}", p.display());
         counts.3 += 1;
     }
     for i in &resolved.plan.instructions {
         match i {
-            Instruction::Mkdir { directory } => println!("  mkdir      {}", directory.display()),
+            Instruction::Mkdir { directory } => {
+                crate::outln!("  mkdir      {}", directory.display())
+            }
             Instruction::Copy {
                 source,
                 destination,
@@ -234,7 +259,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
                 };
                 let rel = source.strip_prefix(&bundle_dir).unwrap_or(source);
                 let link = if *symlink { " (symlink)" } else { "" };
-                println!(
+                crate::outln!(
                     "  {verb:<10} {} <- {}{link}",
                     destination.display(),
                     rel.display()
@@ -244,7 +269,7 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         }
     }
     for p in &resolved.retained {
-        println!(
+        crate::outln!(
             "  retain     {} (exists; file_exists_behavior RETAIN)",
             p.display()
         );
@@ -286,15 +311,15 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         })
         .collect();
     if !permissions.is_empty() {
-        println!();
-        println!("Permissions:");
+        crate::outln!();
+        crate::outln!("Permissions:");
         for p in &permissions {
-            println!("{p}");
+            crate::outln!("{p}");
         }
     }
 
-    println!();
-    println!("Hooks:");
+    crate::outln!();
+    crate::outln!("Hooks:");
     let last_successful = root.last_successful(group).ok().flatten();
     for event in local::event_sequence(run.events.as_deref()) {
         if event == "DownloadBundle" || event == "Install" {
@@ -331,22 +356,23 @@ pub fn run(args: &LocalArgs) -> ExitCode {
             .unwrap_or_default();
         if scripts.is_empty() {
             if !source.is_empty() && appspec.is_none() {
-                println!("  {event}{source}");
+                crate::outln!("  {event}{source}");
             }
             continue;
         }
-        println!("  {event}{source}");
+        crate::outln!("  {event}{source}");
         for s in scripts {
             let user = s.runas.as_deref().unwrap_or("the agent's user");
             let sudo = if s.sudo { ", sudo" } else { "" };
-            println!(
+            crate::outln!(
                 "    {} (timeout {} s, as {user}{sudo})",
-                s.location, s.timeout
+                s.location,
+                s.timeout
             );
         }
     }
-    println!();
-    println!(
+    crate::outln!();
+    crate::outln!(
         "Summary: {} to copy, {} to overwrite, {} to retain, {} to remove, {} permission changes",
         counts.0,
         counts.1,

@@ -88,6 +88,15 @@ impl Drop for ScratchDir {
 
 /// Checks `path` for `os` and returns every finding.
 pub fn check(path: &Path, os: appspec::Os) -> Result<Vec<Finding>, ValidateUsageError> {
+    check_with_events(path, os, None)
+}
+
+/// Checks `path` for `os`, with `events` the custom events a deployment names (`--events`).
+pub fn check_with_events(
+    path: &Path,
+    os: appspec::Os,
+    events: Option<&[String]>,
+) -> Result<Vec<Finding>, ValidateUsageError> {
     let meta = fs::metadata(path)
         .map_err(|e| ValidateUsageError(format!("cannot read {}: {e}", path.display())))?;
     let _scratch: ScratchDir;
@@ -203,6 +212,25 @@ pub fn check(path: &Path, os: appspec::Os) -> Result<Vec<Finding>, ValidateUsage
             return Ok(findings);
         }
     };
+    // The same verdict Install gives (local, plan and the daemon): appspec::events::check.
+    let all = crate::local::all_possible_events(events);
+    if let Err(e) = appspec::events::check(&spec, &name, &all, &[]) {
+        match &e {
+            appspec::events::EventsError::Unknown { unknown, .. } => {
+                for u in unknown {
+                    findings.push(Finding::new(
+                        &name,
+                        u.position,
+                        Severity::Error,
+                        u.explanation(),
+                    ));
+                }
+            }
+            appspec::events::EventsError::CustomMissing { .. } => {
+                findings.push(Finding::new(&name, None, Severity::Error, e.to_string()));
+            }
+        }
+    }
     if let Some(bundle) = bundle {
         check_bundle(&spec, &bundle, &name, &mut findings);
     }
@@ -213,19 +241,7 @@ pub fn check(path: &Path, os: appspec::Os) -> Result<Vec<Finding>, ValidateUsage
 /// and the files section builds a valid install plan (sources exist, no two sources map to one
 /// destination, permission rules hold).
 fn check_bundle(spec: &AppSpec, bundle: &Path, name: &str, findings: &mut Vec<Finding>) {
-    for (event, scripts) in &spec.hooks {
-        if !crate::appspec::LifecycleEvent::DEFAULT_ORDER
-            .iter()
-            .any(|e| e.as_str() == event)
-        {
-            let position = scripts.first().map(|s| s.position);
-            findings.push(Finding::new(
-                name,
-                position,
-                Severity::Warning,
-                format!("{event} is not a standard lifecycle event; it only runs when a deployment names it (codedeploy-local --events {event})"),
-            ));
-        }
+    for (_, scripts) in &spec.hooks {
         for script in scripts {
             let rel = Path::new(&script.location);
             let escapes = rel.is_absolute() || rel.components().any(|c| c == Component::ParentDir);
@@ -270,10 +286,14 @@ fn check_bundle(spec: &AppSpec, bundle: &Path, name: &str, findings: &mut Vec<Fi
 
 /// Runs `validate` and returns its exit code: 0 valid, 1 problems found, 2 usage error.
 pub fn run(args: &ValidateArgs) -> ExitCode {
-    let findings = match check(&args.path, args.os.into()) {
+    let events: Option<Vec<String>> = args
+        .events
+        .as_ref()
+        .map(|e| e.split(',').map(str::to_owned).collect());
+    let findings = match check_with_events(&args.path, args.os.into(), events.as_deref()) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -281,23 +301,23 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     let warnings = findings.len() - errors;
     match args.format {
         OutputFormat::Json => {
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&findings).unwrap_or_else(|_| "[]".into())
             );
         }
         OutputFormat::Text => {
             for f in &findings {
-                println!("{}", f.render());
+                crate::outln!("{}", f.render());
             }
             if errors == 0 {
-                println!(
+                crate::outln!(
                     "{}: valid ({warnings} warning{})",
                     args.path.display(),
                     if warnings == 1 { "" } else { "s" }
                 );
             } else {
-                println!(
+                crate::outln!(
                     "{}: {errors} error{} and {warnings} warning{}",
                     args.path.display(),
                     if errors == 1 { "" } else { "s" },

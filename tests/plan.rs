@@ -83,6 +83,7 @@ fn spec(files: Vec<FileMapping>, permissions: Vec<Permission>) -> AppSpec {
         files,
         permissions,
         hooks: Vec::new(),
+        hook_positions: Vec::new(),
         file_exists_behavior: None,
     }
 }

@@ -3,6 +3,7 @@
 //! `platform` checks ECS and Lambda appspecs (recognised by their `Resources` list) for `validate`.
 
 mod acl;
+pub mod events;
 pub mod model;
 pub mod open;
 mod parse;

@@ -297,6 +297,8 @@ pub struct AppSpec {
     pub permissions: Vec<Permission>,
     /// Hook events in file order; null entries are already dropped.
     pub hooks: Vec<(String, Vec<Script>)>,
+    /// Where each `hooks` key is written, same order as `hooks` (for diagnostics).
+    pub hook_positions: Vec<Position>,
     pub file_exists_behavior: Option<FileExistsBehavior>,
 }
 
@@ -344,6 +346,16 @@ impl AppSpec {
             }
         }
         problems
+    }
+
+    /// Where the `hooks` key `event` is written (its last occurrence), if known.
+    pub fn hook_position(&self, event: &str) -> Option<Position> {
+        self.hooks
+            .iter()
+            .zip(&self.hook_positions)
+            .rev()
+            .find(|((name, _), _)| name == event)
+            .map(|(_, pos)| *pos)
     }
 }
 

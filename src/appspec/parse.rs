@@ -254,7 +254,7 @@ impl Checker {
         self.check_keys(top, TOP_KEYS);
         self.version(top, root.pos);
         self.os_key(top, root.pos);
-        let hooks = self.hooks(get_truthy(top, "hooks"));
+        let (hooks, hook_positions) = self.hooks(get_truthy(top, "hooks"));
         let files = self.files(get_truthy(top, "files"));
         let permissions = self.permissions(get_truthy(top, "permissions"));
         let file_exists_behavior = self.file_exists_behavior(get_some(top, "file_exists_behavior"));
@@ -263,6 +263,7 @@ impl Checker {
             files,
             permissions,
             hooks,
+            hook_positions,
             file_exists_behavior,
         })
     }
@@ -313,9 +314,13 @@ impl Checker {
         );
     }
 
-    fn hooks(&mut self, hooks: Option<&Val>) -> Vec<(String, Vec<Script>)> {
+    /// The hooks in file order, and the position of each one's key.
+    fn hooks(&mut self, hooks: Option<&Val>) -> (Vec<(String, Vec<Script>)>, Vec<Position>) {
         let mut out = Vec::new();
-        let Some(hooks) = hooks else { return out };
+        let mut positions = Vec::new();
+        let Some(hooks) = hooks else {
+            return (out, positions);
+        };
         let Some(map) = hooks.as_map() else {
             self.error(
                 hooks.pos,
@@ -325,7 +330,7 @@ impl Checker {
                     hooks.describe()
                 ),
             );
-            return out;
+            return (out, positions);
         };
         for (key, scripts) in map {
             // "Ignore empty hooks": nil (and false) values are dropped.
@@ -361,8 +366,9 @@ impl Checker {
                 .filter_map(|item| self.script(&event, item))
                 .collect();
             out.push((event, list));
+            positions.push(key.pos);
         }
-        out
+        (out, positions)
     }
 
     fn script(&mut self, event: &str, item: &Val) -> Option<Script> {

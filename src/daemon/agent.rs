@@ -495,6 +495,9 @@ impl<C: HostCommands + 'static> Agent<C> {
                             ControlError::Network(_) | ControlError::Credentials(_) => {
                                 e.to_string()
                             }
+                            other if other.is_throttling() => format!(
+                                "the service is throttling this agent's polls (backing off): {other}"
+                            ),
                             other => format!("Cannot reach InstanceService: {other}"),
                         },
                     ))
@@ -516,12 +519,16 @@ impl<C: HostCommands + 'static> Agent<C> {
                     let repeat = last_logged.as_ref().is_some_and(|(m, at)| {
                         *m == message && at.elapsed() < Duration::from_secs(60)
                     });
-                    if !repeat {
-                        tracing::error!(consecutive = errors, "{message}");
-                        last_logged = Some((message, Instant::now()));
-                    }
                     let wait =
                         with_jitter(error_backoff(errors), 0.2).saturating_sub(started.elapsed());
+                    if !repeat {
+                        tracing::error!(
+                            consecutive = errors,
+                            "{message}; next try in {} s",
+                            wait.as_secs_f64().ceil()
+                        );
+                        last_logged = Some((message, Instant::now()));
+                    }
                     if sleep_or_shutdown(wait, shutdown).await {
                         return;
                     }
@@ -709,7 +716,7 @@ impl<C: HostCommands + 'static> Agent<C> {
                 payload: SUCCESS_PAYLOAD.into(),
             },
             Err(f) => {
-                tracing::warn!(error_code = f.error_code, "{}", f.message);
+                // The executor has logged the failure ("command … failed after …").
                 OwedResult {
                     status: status::FAILED.into(),
                     payload: f.payload_json(),

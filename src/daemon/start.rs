@@ -126,12 +126,12 @@ pub fn run(args: &RunArgs) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            crate::errln!("{e}");
             return ExitCode::from(1);
         }
     };
     if let Some(refusal) = config.process_identity_refusal() {
-        eprintln!("{refusal}");
+        crate::errln!("{refusal}");
         return ExitCode::from(1);
     }
     let log_file = format!("{}.log", config.program_name);
@@ -145,7 +145,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         journal: config.log_to_journal,
         hook_output_to_journal: config.hook_output_to_journal,
     }) {
-        eprintln!("{e}");
+        crate::errln!("{e}");
         return ExitCode::from(1);
     }
     let mut config = config;
@@ -197,10 +197,14 @@ pub fn run(args: &RunArgs) -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     identity::install_crypto_provider();
-    tracing::info!(version = crate::VERSION, config = ?config.path, "starting codedeploy-agent");
+    let config_file = config.path.as_deref().map_or_else(
+        || "(built-in defaults)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    tracing::info!(version = crate::VERSION, config = %config_file, "starting codedeploy-agent");
     let imds = Imds::from_config(&config).map_err(|e| e.to_string())?;
     let identity = resolve_identity(&config, &imds).await?;
-    tracing::info!(host = %identity.host_identifier, region = %identity.region, on_prem = identity.on_prem, "identity");
+    // identity::resolve has logged "host identity resolved" with these fields.
     let credentials = identity::credentials_provider(&config, &identity, imds.endpoint()).await;
 
     let domain = identity.endpoint_domain();
@@ -216,7 +220,8 @@ async fn serve(config: Config) -> Result<(), String> {
         on_premises: identity.on_prem,
     })
     .map_err(|e| e.to_string())?;
-    tracing::info!("CodeDeploy endpoint: {url} (domain {domain})");
+    // endpoint::resolve has logged the AWS agent's "CodeDeploy endpoint: <url>".
+    tracing::debug!("CodeDeploy endpoint domain {domain}");
     // `<root_dir>/..` (`/opt/codedeploy-agent` with the packaged file), where the AWS agents
     // keep `.version`.
     let opt_root = config
@@ -290,7 +295,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let writer = tokio::spawn(super::status::write_periodically(
         Arc::clone(&agent.observed),
         status_path.clone(),
-        Duration::from_secs(5),
+        // `status` is at most a second behind what the agent is doing.
+        Duration::from_secs(1),
     ));
     let endpoint = match config.health_endpoint {
         Some(addr) => {
@@ -329,8 +335,10 @@ async fn resolve_identity(config: &Config, imds: &Imds) -> Result<identity::Iden
             Ok(identity) => return Ok(identity),
             Err(identity::IdentityError::Imds(e)) if imds_unreachable(&e) => {
                 tracing::error!(
-                    "cannot read the instance identity from the instance metadata service: {e}; trying again in {}s",
-                    pause.as_secs()
+                    "cannot read the instance identity from the instance metadata service at {}: {e}; next try in {} s. {}",
+                    imds.endpoint(),
+                    pause.as_secs(),
+                    identity_hint(config)
                 );
                 notifier.notify(&format!(
                     "EXTEND_TIMEOUT_USEC={}\nSTATUS=waiting for the instance metadata service",
@@ -339,9 +347,28 @@ async fn resolve_identity(config: &Config, imds: &Imds) -> Result<identity::Iden
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(60));
             }
+            Err(e @ identity::IdentityError::Imds(_)) => {
+                return Err(format!(
+                    "cannot read the instance identity from the instance metadata service at {}: {e}. {}",
+                    imds.endpoint(),
+                    identity_hint(config)
+                ));
+            }
             Err(e) => return Err(e.to_string()),
         }
     }
+}
+
+/// What to do when no identity could be found: the on-premises file is what an off-EC2 host
+/// is missing; on EC2 the metadata service must answer.
+fn identity_hint(config: &Config) -> String {
+    format!(
+        "There is no on-premises configuration at {} (on_premises_config_file). Off EC2, register \
+         this host with CodeDeploy and write that file (docs/operations.md, \"Troubleshooting\"); \
+         on EC2, check that the instance metadata service is enabled (and, in a container, its \
+         hop limit)",
+        config.on_premises_config_file.display()
+    )
 }
 
 /// No answer, a 5xx or throttling (possibly while getting the token): worth asking again.

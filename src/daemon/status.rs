@@ -574,6 +574,10 @@ mod tests {
 
 /// Options of `codedeploy-agent status`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Exit codes (LSB): 0 the agent is running, 3 it is not running, \
+4 the status cannot be known (the configuration cannot be read)."
+)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub config: super::start::ConfigArg,
@@ -619,7 +623,7 @@ pub fn command(args: &StatusArgs) -> std::process::ExitCode {
     let config = match crate::config::Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            crate::errln!("{e}");
             return ExitCode::from(4);
         }
     };
@@ -632,7 +636,7 @@ pub fn command(args: &StatusArgs) -> std::process::ExitCode {
             .filter(|_| pid.is_some());
     if args.json {
         let value = serde_json::json!({"running": pid.is_some(), "pid": pid, "status": report});
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
@@ -643,30 +647,30 @@ pub fn command(args: &StatusArgs) -> std::process::ExitCode {
         };
     }
     let Some(pid) = pid else {
-        println!("No AWS CodeDeploy agent running");
+        crate::outln!("No AWS CodeDeploy agent running");
         return ExitCode::from(3);
     };
-    println!("The AWS CodeDeploy agent is running as PID {pid}");
+    crate::outln!("The AWS CodeDeploy agent is running as PID {pid}");
     if let Some(r) = report {
-        println!(
+        crate::outln!(
             "  version {}, host {}, started {}",
             r.version,
             r.host_identifier,
             ago(r.started_at)
         );
         match r.last_poll_ok {
-            Some(t) => println!(
+            Some(t) => crate::outln!(
                 "  polling: {}, last successful poll {}",
                 if r.healthy { "healthy" } else { "NOT healthy" },
                 ago(t)
             ),
-            None => println!("  polling: no successful poll yet"),
+            None => crate::outln!("  polling: no successful poll yet"),
         }
         if let Some(e) = &r.last_error {
-            println!("  last error ({} in a row): {e}", r.consecutive_errors);
+            crate::outln!("  last error ({} in a row): {e}", r.consecutive_errors);
         }
         for c in &r.in_flight {
-            println!(
+            crate::outln!(
                 "  in flight: {} of {} (group {}), for {}",
                 c.command,
                 c.deployment_id,
@@ -675,14 +679,14 @@ pub fn command(args: &StatusArgs) -> std::process::ExitCode {
             );
         }
         if !r.recent.is_empty() {
-            println!("  recent commands:");
+            crate::outln!("  recent commands:");
             for f in &r.recent {
                 let detail = if f.status == "Succeeded" {
                     String::new()
                 } else {
                     format!(": {}", f.message)
                 };
-                println!(
+                crate::outln!(
                     "    {} {} {} {}{detail}",
                     ago(f.finished_at),
                     f.command,

@@ -4,7 +4,7 @@
 //! the diagnostics payload the service expects (§5.8). Local mode and the daemon both call only
 //! [`Executor::execute`] and [`Executor::is_noop`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -272,8 +272,13 @@ impl Executor<'_> {
             Err(f) => tracing::warn!(
                 error_code = f.error_code,
                 script = %f.script_name,
-                "command {command} failed after {elapsed:.3}s: {}",
-                f.message
+                "command {command} failed after {elapsed:.3}s: {}{}",
+                f.message,
+                f.details
+                    .iter()
+                    .filter(|d| !d.ends_with(&f.message))
+                    .map(|d| format!("; {d}"))
+                    .collect::<String>()
             ),
         }
         result
@@ -475,8 +480,13 @@ impl Executor<'_> {
             .unwrap_or_default();
         appspec::parse(&opened.text, self.settings.os)
             .map(|parsed| {
-                for w in &parsed.warnings {
-                    tracing::warn!(file = %path.display(), "{}", w.message);
+                // Every event of a deployment parses its appspec again; its warnings are
+                // logged once, for the first parse of this file.
+                if first_parse_of(path) {
+                    for w in &parsed.warnings {
+                        let at = w.position.map(|p| format!(":{p}")).unwrap_or_default();
+                        tracing::warn!("{}{at}: {}", path.display(), w.message);
+                    }
                 }
                 parsed.spec
             })
@@ -625,7 +635,22 @@ pub fn hook_env(event: &str, spec: &DeploymentSpec) -> HookEnv {
     }
 }
 
-/// The Install-time checks against `AllPossibleLifecycleEvents` (§5.10).
+/// True the first time `path` is parsed in a row: the last path parsed is remembered, so a
+/// deployment's warnings are logged once however many events read its appspec.
+fn first_parse_of(path: &Path) -> bool {
+    static LAST: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.as_deref() == Some(path) {
+        return false;
+    }
+    *last = Some(path.to_path_buf());
+    true
+}
+
+/// The Install-time checks against `AllPossibleLifecycleEvents` (§5.10): the one verdict
+/// `validate` and `plan` give too ([`appspec::events::check`]).
 fn check_lifecycle_events(
     appspec: &AppSpec,
     appspec_path: &Path,
@@ -636,43 +661,12 @@ fn check_lifecycle_events(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut seen = BTreeSet::new();
-    let hooks_and_mapping: Vec<String> = appspec
-        .hooks
-        .iter()
-        .map(|(k, _)| k.clone())
-        .chain(mapping.commands().cloned())
-        .filter(|k| seen.insert(k.clone()))
-        .collect();
-    let unknown: Vec<String> = hooks_and_mapping
-        .iter()
-        .filter(|k| !all.contains(k))
-        .cloned()
-        .collect();
-    if !unknown.is_empty() {
-        return Err(CommandFailure::unknown(format!(
-            "{name} file contains unknown lifecycle events: {}",
-            crate::appspec::ruby::inspect_str_array(&unknown)
-        )));
-    }
-    let defaults = HookMapping::default_mapping();
-    let custom_missing: Vec<String> = all
-        .iter()
-        .filter(|e| {
-            !LifecycleEvent::DEFAULT_ORDER
-                .iter()
-                .any(|d| d.as_str() == e.as_str())
-        })
-        .filter(|e| appspec.scripts(e).is_none() && defaults.events(e).is_none())
-        .cloned()
-        .collect();
-    if !custom_missing.is_empty() {
-        return Err(CommandFailure::unknown(format!(
-            "You specified a lifecycle event which is not a default one and doesn't exist in your {name} file: {}",
-            custom_missing.join(",")
-        )));
-    }
-    Ok(())
+    let keys: Vec<String> = mapping.commands().cloned().collect();
+    appspec::events::check(appspec, &name, all, &keys).map_err(|e| {
+        let mut failure = CommandFailure::unknown(e.to_string());
+        failure.details = e.details();
+        failure
+    })
 }
 
 #[cfg(test)]

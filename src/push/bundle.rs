@@ -113,7 +113,7 @@ pub fn prepare(
         .map_err(|e| PushError::Usage(format!("cannot create a temporary directory: {e}")))?;
     let path = scratch.path().join(format!("bundle.{}", kind.as_str()));
     if !ignore_hidden && source.join(".git").exists() {
-        eprintln!(
+        crate::errln!(
             "note: packing {}/.git too (--ignore-hidden-files leaves hidden files and \
              directories out)",
             source.display()
@@ -155,7 +155,7 @@ fn check(source: &Path, os: Os) -> Result<(), PushError> {
         if f.severity == "error" {
             errors.push(line);
         } else {
-            eprintln!("{line}");
+            crate::errln!("{line}");
         }
     }
     if errors.is_empty() {

@@ -191,9 +191,9 @@ pub async fn run(
     let mut interrupts = signal(SignalKind::interrupt())
         .map_err(|e| PushError::Aws(format!("cannot watch for Ctrl-C: {e}")))?;
     if options.stop_on_interrupt {
-        println!("Following {id} (Ctrl-C stops the deployment)");
+        crate::outln!("Following {id} (Ctrl-C stops the deployment)");
     } else {
-        println!("Following {id} (Ctrl-C stops following; the deployment continues)");
+        crate::outln!("Following {id} (Ctrl-C stops following; the deployment continues)");
     }
     let mut tracker = Tracker::default();
     let mut finished = HashMap::new();
@@ -209,14 +209,14 @@ pub async fn run(
             Some(Ok(snapshot)) => {
                 failed_polls = 0;
                 for line in tracker.update(id, &snapshot) {
-                    println!("{line}");
+                    crate::outln!("{line}");
                 }
                 if snapshot.is_done() {
                     return Ok(if snapshot.status == "Succeeded" {
-                        println!("Deployment {id} succeeded");
+                        crate::outln!("Deployment {id} succeeded");
                         EXIT_SUCCEEDED
                     } else {
-                        println!("Deployment {id} {}", snapshot.status.to_lowercase());
+                        crate::outln!("Deployment {id} {}", snapshot.status.to_lowercase());
                         EXIT_DEPLOYMENT_FAILED
                     });
                 }
@@ -230,7 +230,7 @@ pub async fn run(
                          `aws deploy get-deployment --deployment-id {id}`"
                     )));
                 }
-                eprintln!("codedeploy-agent deploy: {message} (will retry)");
+                crate::errln!("codedeploy-agent deploy: {message} (will retry)");
             }
             None => {
                 if let Some(code) = interrupted(client, id, options, &mut stopping).await? {
@@ -268,13 +268,13 @@ async fn interrupted(
             .map_err(|e| {
                 PushError::Aws(format!("StopDeployment for {id} failed: {}", describe(&e)))
             })?;
-        println!(
+        crate::outln!(
             "Interrupted: stopping deployment {id}, following until it stops \
              (Ctrl-C again stops following)"
         );
         Ok(None)
     } else {
-        println!(
+        crate::outln!(
             "Interrupted: stopped following {id}; the deployment itself was not \
              stopped and continues. Check on it with `aws deploy get-deployment \
              --deployment-id {id}`"

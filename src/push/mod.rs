@@ -227,14 +227,14 @@ pub fn run(args: &DeployArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("codedeploy-agent deploy: cannot start the async runtime: {e}");
+            crate::errln!("codedeploy-agent deploy: cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_AWS);
         }
     };
     match runtime.block_on(push(args)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("codedeploy-agent deploy: {e}");
+            crate::errln!("codedeploy-agent deploy: {e}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -260,11 +260,11 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
             .map_err(|e| {
                 PushError::Aws(format!("bundling {} failed: {e}", args.source.display()))
             })??;
-    println!("{}", prepared.summary());
+    crate::outln!("{}", prepared.summary());
 
     let (codedeploy, s3) = clients(args).await?;
     let uploaded = upload::put(&s3, &target, prepared.path(), &tuning).await?;
-    println!(
+    crate::outln!(
         "Uploaded s3://{}/{} ({} bytes, ETag {}{})",
         target.bucket,
         target.key,
@@ -306,12 +306,13 @@ async fn push(args: &DeployArgs) -> Result<u8, PushError> {
         .deployment_id()
         .ok_or_else(|| PushError::Aws("CreateDeployment returned no deployment id".into()))?;
     if args.no_follow {
-        println!("{id}");
+        crate::outln!("{id}");
         return Ok(EXIT_SUCCEEDED);
     }
-    println!(
+    crate::outln!(
         "Created deployment {id} (application {}, deployment group {})",
-        args.application_name, args.deployment_group_name
+        args.application_name,
+        args.deployment_group_name
     );
     let options = follow::Options {
         interval: Duration::from_secs_f64(args.poll_interval),
@@ -327,7 +328,7 @@ async fn register_and_create(
     revision: RevisionLocation,
 ) -> Result<aws_sdk_codedeploy::operation::create_deployment::CreateDeploymentOutput, PushError> {
     if args.no_register {
-        println!("Not registering the revision (--no-register)");
+        crate::outln!("Not registering the revision (--no-register)");
     } else {
         codedeploy
             .register_application_revision()
@@ -345,7 +346,7 @@ async fn register_and_create(
                     describe(&e)
                 ))
             })?;
-        println!(
+        crate::outln!(
             "Registered the revision with application {}",
             args.application_name
         );

@@ -232,7 +232,7 @@ async fn abort(client: &aws_sdk_s3::Client, target: &S3Target, upload_id: &str) 
         .send()
         .await
     {
-        eprintln!(
+        crate::errln!(
             "codedeploy-agent deploy: could not abort the multipart upload {upload_id} of \
              s3://{}/{}: {}; a bucket lifecycle rule (AbortIncompleteMultipartUpload) cleans \
              such parts up",
@@ -244,6 +244,13 @@ async fn abort(client: &aws_sdk_s3::Client, target: &S3Target, upload_id: &str) 
 }
 
 fn upload_error(where_: &str, detail: &str) -> PushError {
+    if detail.contains("no credentials found") || detail.contains("credential provider") {
+        return PushError::Aws(format!(
+            "uploading the bundle to {where_} failed: no AWS credentials were found ({detail}). \
+             Give the command credentials: AWS_PROFILE (after `aws configure` or `aws sso \
+             login`), AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an instance role"
+        ));
+    }
     PushError::Aws(format!(
         "uploading the bundle to {where_} failed: {detail}. Check the bucket name, its \
          region, and that you may call s3:PutObject on it"

@@ -1,4 +1,5 @@
 #!/bin/sh
 set -eu
-echo "installed files:"
-find /tmp/codedeploy-hello-app/site /tmp/codedeploy-hello-app/etc -type f | sort
+. "$(dirname "$0")/env.sh"
+echo "revision files in $app:"
+find "$app/site" "$app/config" -type f | sort

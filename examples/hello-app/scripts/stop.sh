@@ -1,7 +1,8 @@
 #!/bin/sh
 # ApplicationStop runs the PREVIOUS revision's copy of this script (nothing on a first deploy).
 set -eu
-pidfile=/tmp/codedeploy-hello-app/run/hello.pid
+. "$(dirname "$0")/env.sh"
+pidfile="$state/hello.pid"
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "stopping hello-app (pid $(cat "$pidfile"))"
     kill "$(cat "$pidfile")"

@@ -1,5 +1,6 @@
 #!/bin/sh
 set -eu
-test -s /tmp/codedeploy-hello-app/site/index.html
-kill -0 "$(cat /tmp/codedeploy-hello-app/run/hello.pid)"
-echo "hello-app is up; site at file:///tmp/codedeploy-hello-app/site/index.html"
+. "$(dirname "$0")/env.sh"
+test -s "$app/site/index.html"
+kill -0 "$(cat "$state/hello.pid")"
+echo "hello-app is up; site at file://$app/site/index.html"
