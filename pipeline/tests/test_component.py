@@ -201,6 +201,7 @@ class BuildPhase(unittest.TestCase):
         doc = load()
         artifact = make_artifact(tmp, "1.2.3", "x86_64", with_prepare_image)
         params = {
+            "Commit": "c5ba8e670a7bb2b6bc0b4d6c0ff1c1a2b3c4d5e6",
             "Version": "1.2.3",
             "Arch": "x86_64",
             "ArtifactBucket": "bucket",
@@ -213,7 +214,7 @@ class BuildPhase(unittest.TestCase):
                 (item,) = step["inputs"]
                 self.assertEqual(
                     substitute(item["source"], params),
-                    "s3://bucket/codedeploy-agent/1.2.3/codedeploy-agent-1.2.3-x86_64.tar.gz",
+                    "s3://bucket/codedeploy-agent/agent/c5ba8e670a7bb2b6bc0b4d6c0ff1c1a2b3c4d5e6/codedeploy-agent-1.2.3-x86_64.tar.gz",
                 )
                 dest = Path(item["destination"])
                 self.assertEqual(str(dest.parent), DEFAULT_WORKDIR)
