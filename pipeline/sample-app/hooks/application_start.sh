@@ -1,3 +1,3 @@
 #!/bin/bash
 set -euo pipefail
-systemctl restart sample-app.service
+systemctl restart sample-app.socket
