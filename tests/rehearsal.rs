@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use codedeploy_agent::control::Envelope;
 use serde_json::Value;
 use support::container::{self, CONFIG_PATH, Machine, Netns, ONPREM_PATH};
 use support::daemon::{signed, spec_json};
@@ -62,11 +61,23 @@ struct World {
 type Check = (&'static str, fn(&mut World));
 
 const CHECKS: &[Check] = &[
-    ("component_build_and_validate_as_awstoe", component_build_and_validate),
-    ("image_boots_and_component_test_phase_passes", image_boots_and_test_phase),
-    ("revision_deploys_in_place_and_answers_health_check", first_revision),
+    (
+        "component_build_and_validate_as_awstoe",
+        component_build_and_validate,
+    ),
+    (
+        "image_boots_and_component_test_phase_passes",
+        image_boots_and_test_phase,
+    ),
+    (
+        "revision_deploys_in_place_and_answers_health_check",
+        first_revision,
+    ),
     ("second_revision_replaces_the_first", second_revision),
-    ("failing_revision_is_reported_failed_with_its_output", failing_revision),
+    (
+        "failing_revision_is_reported_failed_with_its_output",
+        failing_revision,
+    ),
 ];
 
 fn main() {
@@ -77,8 +88,16 @@ fn main() {
         }
         return;
     }
-    let filters: Vec<&str> = args.iter().filter(|a| !a.starts_with('-')).map(String::as_str).collect();
-    if !filters.is_empty() && !CHECKS.iter().any(|(n, _)| filters.iter().any(|f| n.contains(f))) {
+    let filters: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    if !filters.is_empty()
+        && !CHECKS
+            .iter()
+            .any(|(n, _)| filters.iter().any(|f| n.contains(f)))
+    {
         println!("running 0 tests\n\ntest result: ok. 0 passed; 0 failed");
         return;
     }
@@ -86,7 +105,12 @@ fn main() {
     let dist = std::env::var_os("CODEDEPLOY_AGENT_DIST").map(PathBuf::from);
     let unavailable = container::require()
         .err()
-        .or_else(|| dist.is_none().then(|| "CODEDEPLOY_AGENT_DIST is not set (the dist/ directory of packaging/build)".to_owned()))
+        .or_else(|| {
+            dist.is_none().then(|| {
+                "CODEDEPLOY_AGENT_DIST is not set (the dist/ directory of packaging/build)"
+                    .to_owned()
+            })
+        })
         .or_else(|| component_json().err());
     if let Some(why) = unavailable {
         if ci {
@@ -140,7 +164,10 @@ fn main() {
 fn component_json() -> Result<Value, String> {
     let path = repo().join("image-builder-components/codedeploy-agent.yml");
     let out = Command::new("python3")
-        .args(["-c", "import json,sys,yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)"])
+        .args([
+            "-c",
+            "import json,sys,yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+        ])
         .arg(&path)
         .output()
         .map_err(|e| format!("python3 is needed to read {}: {e}", path.display()))?;
@@ -160,13 +187,21 @@ fn artifact(dist: &Path) -> Result<(PathBuf, String, String), String> {
         .map_err(|e| format!("{}/SHA256SUMS: {e} (run packaging/build)", dist.display()))?;
     for line in sums.lines() {
         let mut parts = line.split_whitespace();
-        let (Some(sha), Some(name)) = (parts.next(), parts.next()) else { continue };
+        let (Some(sha), Some(name)) = (parts.next(), parts.next()) else {
+            continue;
+        };
         let name = name.trim_start_matches('*');
-        if let Some(version) = name.strip_prefix("codedeploy-agent-").and_then(|n| n.strip_suffix("-x86_64.tar.gz")) {
+        if let Some(version) = name
+            .strip_prefix("codedeploy-agent-")
+            .and_then(|n| n.strip_suffix("-x86_64.tar.gz"))
+        {
             return Ok((dist.join(name), version.to_owned(), sha.to_owned()));
         }
     }
-    Err(format!("no codedeploy-agent-<version>-x86_64.tar.gz in {}/SHA256SUMS", dist.display()))
+    Err(format!(
+        "no codedeploy-agent-<version>-x86_64.tar.gz in {}/SHA256SUMS",
+        dist.display()
+    ))
 }
 
 /// `{{ Name }}` replaced by the parameter's value, as AWSTOE substitutes inputs.
@@ -177,7 +212,10 @@ fn substitute(text: &str, params: &[(&str, String)]) -> String {
             out = out.replace(&form, value);
         }
     }
-    assert!(!out.contains("{{"), "an input is not declared or not substituted in: {out}");
+    assert!(
+        !out.contains("{{"),
+        "an input is not declared or not substituted in: {out}"
+    );
     out
 }
 
@@ -188,9 +226,28 @@ impl World {
         let netns = Netns::new().map_err(|e| format!("cannot make a network namespace: {e}"))?;
         let fake = netns.run(FakeService::start);
         let mut m = Machine::new("cd-rehearsal", netns)?;
-        // The build instance: a booted system; the component installs the agent into it.
-        m.boot()?;
-        Ok(Self { m, fake, component, tarball, version, sha256, deployments: 0 })
+        // The build instance: a booted system; the component installs the agent into it. On a
+        // failure, say why and exit here: dropping the fake service from outside its network
+        // namespace would wait on its listener.
+        // Under heavy load systemd may not answer the first `is-system-running --wait`; one
+        // more boot is tried before giving up.
+        if let Err(first) = m.boot() {
+            eprintln!("rehearsal: first boot did not come up, booting again: {first}");
+            m.halt();
+            if let Err(e) = m.boot() {
+                eprintln!("rehearsal: booting the build machine failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        Ok(Self {
+            m,
+            fake,
+            component,
+            tarball,
+            version,
+            sha256,
+            deployments: 0,
+        })
     }
 
     fn params(&self) -> Vec<(&'static str, String)> {
@@ -208,7 +265,10 @@ impl World {
     #[track_caller]
     fn phase(&self, name: &str) {
         let phases = self.component["phases"].as_array().expect("phases");
-        let phase = phases.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no phase {name}"));
+        let phase = phases
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no phase {name}"));
         let params = self.params();
         for (i, step) in phase["steps"].as_array().expect("steps").iter().enumerate() {
             let step_name = step["name"].as_str().unwrap_or("?");
@@ -221,8 +281,14 @@ impl World {
                             "s3://{BUCKET}/{PREFIX}/agent/{COMMIT}/codedeploy-agent-{}-x86_64.tar.gz",
                             self.version
                         );
-                        assert_eq!(source, published, "{name}/{step_name} downloads another key than the buildspec publishes");
-                        let dest = substitute(input["destination"].as_str().expect("destination"), &params);
+                        assert_eq!(
+                            source, published,
+                            "{name}/{step_name} downloads another key than the buildspec publishes"
+                        );
+                        let dest = substitute(
+                            input["destination"].as_str().expect("destination"),
+                            &params,
+                        );
                         self.m.sh(&format!("mkdir -p \"$(dirname '{dest}')\"")).ok();
                         self.m.copy_in(&self.tarball, &dest);
                     }
@@ -237,7 +303,12 @@ impl World {
                     let script = format!("/root/awstoe-{name}-{i}.sh");
                     self.m.write(&script, &commands.join("\n"), 0o700);
                     let out = self.m.sh(&format!("bash {script} 2>&1"));
-                    assert!(out.success(), "AWSTOE {name}/{step_name} failed (exit {}):\n{}", out.code, out.stdout);
+                    assert!(
+                        out.success(),
+                        "AWSTOE {name}/{step_name} failed (exit {}):\n{}",
+                        out.code,
+                        out.stdout
+                    );
                     println!("  {name}/{step_name}: ok");
                 }
                 other => panic!("{name}/{step_name}: action {other:?} is not rehearsed"),
@@ -247,11 +318,15 @@ impl World {
 
     #[track_caller]
     fn wait_active(&self) {
-        let out = self.m.wait_for("systemctl is-active --quiet codedeploy-agent", T);
+        let out = self
+            .m
+            .wait_for("systemctl is-active --quiet codedeploy-agent", T);
         assert!(
             out.success(),
             "codedeploy-agent is not active after boot:\n{}",
-            self.m.sh("journalctl -u codedeploy-agent --no-pager -n 40").stdout
+            self.m
+                .sh("journalctl -u codedeploy-agent --no-pager -n 40")
+                .stdout
         );
     }
 
@@ -286,7 +361,8 @@ impl World {
             let execution = format!("{id}/exec/{i}/{name}");
             self.fake.set_spec(&execution, "CodeDeploy", spec.clone());
             let before = self.fake.completes().len();
-            self.fake.enqueue(HOST, command(&hc, name, HOST, &execution));
+            self.fake
+                .enqueue(HOST, command(&hc, name, HOST, &execution));
             let c = self.wait_complete(&hc, before);
             let ok = c.command_status == "Succeeded";
             out.push(c);
@@ -301,14 +377,18 @@ impl World {
     fn wait_complete(&self, hc: &str, before: usize) -> Complete {
         let deadline = Instant::now() + T;
         loop {
-            let all = self.fake.wait_for_completes(before + 1, Duration::from_secs(1));
+            let all = self
+                .fake
+                .wait_for_completes(before + 1, Duration::from_secs(1));
             if let Some(c) = all.into_iter().find(|c| c.host_command_identifier == hc) {
                 return c;
             }
             assert!(
                 Instant::now() < deadline,
                 "no final report for {hc} within {T:?}\n{}",
-                self.m.sh("journalctl -u codedeploy-agent --no-pager -n 60").stdout
+                self.m
+                    .sh("journalctl -u codedeploy-agent --no-pager -n 60")
+                    .stdout
             );
         }
     }
@@ -325,7 +405,11 @@ impl World {
 
 #[track_caller]
 fn assert_all_succeeded(completes: &[Complete]) {
-    assert_eq!(completes.len(), IN_PLACE.len(), "the deployment stopped early: {completes:?}");
+    assert_eq!(
+        completes.len(),
+        IN_PLACE.len(),
+        "the deployment stopped early: {completes:?}"
+    );
     for c in completes {
         assert_eq!(c.command_status, "Succeeded", "{c:?}");
     }
@@ -335,22 +419,39 @@ fn component_build_and_validate(w: &mut World) {
     w.phase("build");
     w.phase("validate");
     // What the image carries: the agent enabled, not running, no state from the build.
-    assert_eq!(w.m.sh("systemctl is-enabled codedeploy-agent").stdout.trim(), "enabled");
-    assert!(!w.m.sh("systemctl is-active --quiet codedeploy-agent").success());
+    assert_eq!(
+        w.m.sh("systemctl is-enabled codedeploy-agent")
+            .stdout
+            .trim(),
+        "enabled"
+    );
+    assert!(
+        !w.m.sh("systemctl is-active --quiet codedeploy-agent")
+            .success()
+    );
 }
 
 fn image_boots_and_test_phase(w: &mut World) {
     // An instance launched from the image: its configuration points the agent at the fake on
     // loopback (on-premises credentials, so IMDS is never asked), then it boots.
     let creds = w.fake.credentials();
-    w.m.write(CONFIG_PATH, &container::agent_config(&w.fake.url(), ""), 0o644);
-    w.m.write(ONPREM_PATH, &container::onprem_config(HOST, &creds.access_key, &creds.secret_key), 0o600);
+    w.m.write(
+        CONFIG_PATH,
+        &container::agent_config(&w.fake.url(), ""),
+        0o644,
+    );
+    w.m.write(
+        ONPREM_PATH,
+        &container::onprem_config(HOST, &creds.access_key, &creds.secret_key),
+        0o600,
+    );
     w.m.assert_loopback_only();
     w.m.reboot().expect("reboot");
     w.wait_active();
     w.phase("test");
     assert!(
-        w.fake.wait_until(T, |r| r.iter().any(|r| r.operation == "PollHostCommand")),
+        w.fake
+            .wait_until(T, |r| r.iter().any(|r| r.operation == "PollHostCommand")),
         "the agent started by systemd never polled the fake service"
     );
 }
@@ -359,14 +460,22 @@ fn first_revision(w: &mut World) {
     let bundle = w.bundle("rev-1", |_| {});
     let completes = w.deploy(&bundle);
     assert_all_succeeded(&completes);
-    assert_eq!(w.health(), "ok rev-1", "the health check path on :80 after the first deployment");
+    assert_eq!(
+        w.health(),
+        "ok rev-1",
+        "the health check path on :80 after the first deployment"
+    );
 }
 
 fn second_revision(w: &mut World) {
     let bundle = w.bundle("rev-2", |_| {});
     let completes = w.deploy(&bundle);
     assert_all_succeeded(&completes);
-    assert_eq!(w.health(), "ok rev-2", "the health check path on :80 after the second deployment");
+    assert_eq!(
+        w.health(),
+        "ok rev-2",
+        "the health check path on :80 after the second deployment"
+    );
 }
 
 fn failing_revision(w: &mut World) {
@@ -375,16 +484,27 @@ fn failing_revision(w: &mut World) {
     let bundle = w.bundle("rev-3", |dir| {
         let serve = dir.join("app/serve.sh");
         let text = std::fs::read_to_string(&serve).expect("serve.sh");
-        std::fs::write(&serve, text.replace("body=\"ok $revision\"", "body=\"ok broken\"")).expect("write");
+        std::fs::write(
+            &serve,
+            text.replace("body=\"ok $revision\"", "body=\"ok broken\""),
+        )
+        .expect("write");
     });
     let completes = w.deploy(&bundle);
     let last = completes.last().expect("a report");
-    assert_eq!(last.host_command_identifier.rsplit('-').next(), Some("ValidateService"), "{completes:?}");
+    assert_eq!(
+        last.host_command_identifier.rsplit('-').next(),
+        Some("ValidateService"),
+        "{completes:?}"
+    );
     assert_eq!(last.command_status, "Failed", "{last:?}");
-    let diagnostics = last.diagnostics.as_ref().map(|d| d.payload.clone()).unwrap_or_default();
+    let diagnostics = last
+        .diagnostics
+        .as_ref()
+        .map(|d| d.payload.clone())
+        .unwrap_or_default();
     assert!(
         diagnostics.contains("did not answer") && diagnostics.contains("ok broken"),
         "the failure report does not carry validate_service.sh's output: {diagnostics}"
     );
-    let _: Option<&Envelope> = None;
 }
