@@ -240,6 +240,7 @@ class BuildPhase(unittest.TestCase):
         artifact = make_artifact(tmp, "1.2.3", arch, with_prepare_image)
         env, self.pkg_log = os_environment(tmp, os_set, machine or arch)
         params = {
+            "Commit": "c5ba8e670a7bb2b6bc0b4d6c0ff1c1a2b3c4d5e6",
             "Version": "1.2.3",
             "Arch": arch,
             "ArtifactBucket": "bucket",
@@ -252,7 +253,7 @@ class BuildPhase(unittest.TestCase):
                 (item,) = step["inputs"]
                 self.assertEqual(
                     substitute(item["source"], params),
-                    f"s3://bucket/codedeploy-agent/1.2.3/codedeploy-agent-1.2.3-{arch}.tar.gz",
+                    f"s3://bucket/codedeploy-agent/agent/c5ba8e670a7bb2b6bc0b4d6c0ff1c1a2b3c4d5e6/codedeploy-agent-1.2.3-{arch}.tar.gz",
                 )
                 dest = Path(item["destination"])
                 self.assertEqual(str(dest.parent), DEFAULT_WORKDIR)

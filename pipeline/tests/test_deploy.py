@@ -20,7 +20,6 @@ ENV = {
     "QC_EMAIL": "qc@example.com",
     "PMO_EMAIL": "pmo@example.com",
     "ALARM_EMAIL": "ops@example.com",
-    "AGENT_VERSION": "0.1.0",
 }
 
 
@@ -48,12 +47,43 @@ class DeployScript(unittest.TestCase):
             self.assertLessEqual(required, given, template)
             self.assertLessEqual(given, set(load(template)["Parameters"]), template)
         index = {l: i for i, l in enumerate(lines)}
-        first_lambda_stack = next(i for l, i in index.items() if "lambdas.yml" in l)
+        # The custom resource's function is in environments.yml: every zip precedes it.
+        first_lambda_stack = next(i for l, i in index.items() if "environments.yml" in l)
         zips = [i for l, i in index.items() if l.startswith("aws s3 cp") and ".zip" in l]
-        self.assertEqual(len(zips), 4)
+        self.assertEqual(len(zips), 6)
         self.assertTrue(all(i < first_lambda_stack for i in zips))
         component = next(i for l, i in index.items() if "components/codedeploy-agent-1.0.0.yml" in l)
         self.assertLess(component, next(i for l, i in index.items() if "image-builder.yml" in l))
+
+    def test_bootstrap_creates_the_service_linked_role_first_and_releases_last(self):
+        # KMS refuses a key policy naming a role that does not exist (artifacts.yml names the
+        # Image Builder service-linked role), so it is created before stack 1; the release
+        # (push, wait for QAT) comes after the last stack.
+        lines = dry_run(ENV).stdout.splitlines()
+        slr = next(i for i, l in enumerate(lines) if "create-service-linked-role" in l and "imagebuilder.amazonaws.com" in l)
+        stack1 = next(i for i, l in enumerate(lines) if "artifacts.yml" in l)
+        last = max(i for i, l in enumerate(lines) if l.startswith("aws cloudformation deploy"))
+        push = next(i for i, l in enumerate(lines) if " push " in l)
+        self.assertLess(slr, stack1)
+        self.assertGreater(push, last)
+        self.assertFalse(any("update-auto-scaling-group" in l for l in lines), "no out-of-band launch template versions")
+
+    def test_missing_output_stops_the_script(self):
+        # awscli prints "None" for a missing output (moto does so for change-set stacks); the
+        # script must stop there, never carry on to s3://None/.
+        import tempfile
+        with tempfile.TemporaryDirectory() as fake:
+            aws = Path(fake) / "aws"
+            aws.write_text('#!/bin/sh\ncase "$*" in *describe-stacks*) echo None ;; esac\nexit 0\n')
+            aws.chmod(0o755)
+            proc = subprocess.run(
+                [str(REPO / "pipeline/deploy"), "--no-release"],
+                env={**os.environ, **ENV, "PATH": f"{fake}:{os.environ['PATH']}"},
+                capture_output=True, text=True, timeout=60,
+            )
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        self.assertIn("has no output ArtifactBucketName", proc.stderr)
+        self.assertNotIn("s3://None", proc.stdout + proc.stderr)
 
     def test_missing_settings_are_named(self):
         proc = dry_run({k: v for k, v in ENV.items() if k != "QC_EMAIL"} | {"QC_EMAIL": ""})

@@ -102,10 +102,10 @@ class ResourcesPresent(unittest.TestCase):
         "AWS::SNS::Subscription": 2,
         "AWS::Events::Rule": 3,
         "AWS::Lambda::Function": 5,
-        "AWS::Lambda::Permission": 3,
+        "AWS::Lambda::Permission": 2,
         "AWS::CodeDeploy::Application": 2,
-        "AWS::CodeDeploy::DeploymentGroup": 2,
-        "AWS::AutoScaling::AutoScalingGroup": 2,
+        "AWS::CodeDeploy::DeploymentGroup": 1,
+        "AWS::AutoScaling::AutoScalingGroup": 1,
         "AWS::EC2::LaunchTemplate": 2,
         "AWS::ElasticLoadBalancingV2::LoadBalancer": 1,
         "AWS::ElasticLoadBalancingV2::TargetGroup": 1,
@@ -141,6 +141,8 @@ class Pipelines(unittest.TestCase):
             stage_outline(self.res["QatPipeline"]),
             [
                 ("Source", [("Source", "Source", "CodeCommit")]),
+                ("Package", [("PackageApp", "Build", "CodeBuild")]),
+                ("RefreshQAT", [("RefreshInstances", "Invoke", "Lambda")]),
                 ("DeployQAT", [("DeployInPlace", "Deploy", "CodeDeploy")]),
                 ("QCApproval", [("QCApproval", "Approval", "Manual")]),
                 ("PMOApproval", [("PMOApproval", "Approval", "Manual")]),
@@ -163,10 +165,11 @@ class Pipelines(unittest.TestCase):
             stage_outline(self.res["ProdPipeline"]),
             [
                 ("Source", [("Source", "Source", "CodeCommit")]),
+                ("Package", [("PackageApp", "Build", "CodeBuild")]),
                 ("DeployProd", [("DeployBlueGreen", "Deploy", "CodeDeploy")]),
             ],
         )
-        deploy = self.res["ProdPipeline"]["Properties"]["Stages"][1]["Actions"][0]
+        deploy = self.res["ProdPipeline"]["Properties"]["Stages"][2]["Actions"][0]
         self.assertIn("ProdDeploymentGroup", text(deploy["Configuration"]))
 
     def test_artifact_stores_are_kms_encrypted(self):
@@ -203,9 +206,11 @@ class Pipelines(unittest.TestCase):
         rule = self.res["PipelineFailedRule"]["Properties"]["EventPattern"]
         self.assertEqual(rule["detail"]["state"], ["FAILED"])
         self.assertEqual(set(map(text, rule["detail"]["pipeline"])), {"!Ref(QatPipeline)", "!Ref(ProdPipeline)"})
-        alarm = self.res["PipelineFailedAlarm"]["Properties"]
-        self.assertEqual(alarm["Dimensions"][0]["Value"], _Tag("!Ref", "PipelineFailedRule"))
-        self.assertEqual(alarm["AlarmActions"], [_Tag("!Ref", "AlarmTopic")])
+        # One notification per failure: the rule publishes to the operators' topic, no alarm
+        # on the same rule notifies a second time.
+        (target,) = self.res["PipelineFailedRule"]["Properties"]["Targets"]
+        self.assertIn("AlarmTopic", text(target["Arn"]))
+        self.assertFalse(of_type("AWS::CloudWatch::Alarm").get("pipelines.PipelineFailedAlarm"))
 
 
 class Deployments(unittest.TestCase):
@@ -217,32 +222,33 @@ class Deployments(unittest.TestCase):
         self.assertEqual(props["DeploymentStyle"]["DeploymentType"], "IN_PLACE")
         self.assertEqual(props["AutoScalingGroups"], [_Tag("!Ref", "QatAutoScalingGroup")])
 
-    def test_prod_blue_green_one_at_a_time_with_rollback(self):
-        props = self.res["ProdDeploymentGroup"]["Properties"]
-        self.assertEqual(props["DeploymentStyle"], {"DeploymentType": "BLUE_GREEN", "DeploymentOption": "WITH_TRAFFIC_CONTROL"})
-        self.assertEqual(props["DeploymentConfigName"], "CodeDeployDefault.OneAtATime")
-        self.assertEqual(props["BlueGreenDeploymentConfiguration"]["GreenFleetProvisioningOption"]["Action"], "COPY_AUTO_SCALING_GROUP")
-        self.assertTrue(props["AutoRollbackConfiguration"]["Enabled"])
-        self.assertIn("DEPLOYMENT_FAILURE", props["AutoRollbackConfiguration"]["Events"])
-        self.assertEqual(props["AutoScalingGroups"], [_Tag("!Ref", "ProdAutoScalingGroup")])
-        self.assertIn("ProdTargetGroup", text(props["LoadBalancerInfo"]))
-        asg = self.res["ProdAutoScalingGroup"]["Properties"]
-        self.assertEqual(asg["TargetGroupARNs"], [_Tag("!Ref", "ProdTargetGroup")])
+    def test_prod_blue_green_is_the_custom_resource(self):
+        props = self.res["ProdDeploymentGroup"]
+        self.assertEqual(props["Type"], "Custom::ProdBlueGreenDeploymentGroup")
+        props = props["Properties"]
+        self.assertEqual(props["ServiceToken"], _Tag("!GetAtt", "ProdDeploymentGroupFunction.Arn"))
+        self.assertIn("ProdTargetGroup", text(props["TargetGroupName"]))
+        self.assertIn("ProdUnhealthyHostsAlarm", text(props["AlarmNames"]))
+        # The first production group is the custom resource's, never CloudFormation's.
+        self.assertFalse(any(r["Type"] == "AWS::AutoScaling::AutoScalingGroup" and "prod" in text(r["Properties"].get("AutoScalingGroupName", "")) for r in self.res.values()))
 
-    def test_image_builder_sets_the_launch_templates_default_version(self):
+    def test_image_builder_writes_the_ami_parameter_the_launch_templates_resolve(self):
         ib = load("image-builder.yml")["Resources"]
         for env in ("Qat", "Prod"):
             (dist,) = ib[f"{env}Distribution"]["Properties"]["Distributions"]
-            (lt,) = dist["LaunchTemplateConfigurations"]
-            self.assertTrue(lt["SetDefaultVersion"])
-            self.assertIn(f"{env}LaunchTemplate", text(lt["LaunchTemplateId"]))
+            self.assertNotIn("LaunchTemplateConfigurations", dist, "no $Default drift")
+            (ssm,) = dist["SsmParameterConfigurations"]
+            lt = self.res[f"{env}LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+            self.assertEqual(text(lt["ImageId"]), "!Sub(resolve:ssm:" + text(ssm["ParameterName"])[5:-1] + ")")
             self.assertEqual(ib[f"{env}Infrastructure"]["Properties"]["SnsTopicArn"], _Tag("!Ref", f"{env}ImageReadyTopic"))
             recipe = ib[f"{env}Recipe"]["Properties"]["Components"]
             names = text(recipe)
             self.assertIn("update-linux", names)
             self.assertIn("!Ref(AgentComponent)", names)
             params = {p["Name"] for c in recipe for p in c.get("Parameters", [])}
-            self.assertEqual(params, {"Version", "Arch", "ArtifactBucket", "ArtifactPrefix", "Sha256"})
+            self.assertEqual(params, {"Commit", "Version", "Arch", "ArtifactBucket", "ArtifactPrefix", "Sha256"})
+        qat_asg = self.res["QatAutoScalingGroup"]["Properties"]["LaunchTemplate"]
+        self.assertEqual(qat_asg["Version"], _Tag("!GetAtt", "QatLaunchTemplate.LatestVersionNumber"))
 
 
 class Security(unittest.TestCase):
@@ -276,9 +282,9 @@ class Security(unittest.TestCase):
     def test_each_lambda_has_its_own_role_without_wildcard_actions(self):
         res = load("lambdas.yml")["Resources"]
         functions = {k: r for k, r in res.items() if r["Type"] == "AWS::Lambda::Function"}
-        self.assertEqual(len(functions), 5)
+        self.assertEqual(len(functions), 6)
         roles = [f["Properties"]["Role"] for f in functions.values()]
-        self.assertEqual(len({text(r) for r in roles}), 5, "functions share a role")
+        self.assertEqual(len({text(r) for r in roles}), 6, "functions share a role")
         for name, fn in functions.items():
             self.assertEqual(fn["Properties"]["Runtime"], "provided.al2023", name)
             role = res[fn["Properties"]["Role"].value.split(".")[0]]["Properties"]
@@ -288,10 +294,11 @@ class Security(unittest.TestCase):
                     for action in as_list(st["Action"]):
                         self.assertNotIn("*", action, f"{name}: {action}")
                     if st["Resource"] == "*":
-                        # Only the job-result calls, which have no resource-level permissions.
-                        self.assertEqual(
+                        # Only calls without resource-level permissions.
+                        self.assertLessEqual(
                             set(as_list(st["Action"])),
-                            {"codepipeline:PutJobSuccessResult", "codepipeline:PutJobFailureResult", "codepipeline:GetJobDetails"},
+                            {"codepipeline:PutJobSuccessResult", "codepipeline:PutJobFailureResult", "codepipeline:GetJobDetails",
+                             "autoscaling:DescribeInstanceRefreshes"},
                             name,
                         )
 
@@ -303,13 +310,12 @@ class Security(unittest.TestCase):
         self.assertEqual(target["Arn"], _Tag("!GetAtt", "BuildProject.Arn"))
         self.assertEqual(res["BuildProject"]["Properties"]["Source"]["BuildSpec"], "pipeline/buildspec.yml")
 
-    def test_push_rule_targets_the_branch_and_the_qat_image_lambda(self):
-        res = load("lambdas.yml")["Resources"]
-        pattern = res["PushRule"]["Properties"]["EventPattern"]
-        self.assertEqual(pattern["detail-type"], ["CodeCommit Repository State Change"])
-        self.assertEqual(pattern["detail"]["referenceType"], ["branch"])
-        (target,) = res["PushRule"]["Properties"]["Targets"]
-        self.assertEqual(target["Arn"], _Tag("!GetAtt", "StartQatImageFunction.Arn"))
+    def test_the_publish_step_may_start_the_qat_image(self):
+        res = load("artifacts.yml")["Resources"]
+        (policy,) = res["BuildRole"]["Properties"]["Policies"]
+        invoke = [st for st in statements(policy["PolicyDocument"]) if st["Action"] == "lambda:InvokeFunction"]
+        self.assertEqual(len(invoke), 1)
+        self.assertTrue(text(invoke[0]["Resource"]).endswith("function:${ProjectName}-start-qat-image)"))
 
 
 if __name__ == "__main__":

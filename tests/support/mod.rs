@@ -185,6 +185,7 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+pub mod container;
 pub mod fake_imds;
 pub mod fake_s3;
 pub mod journal;

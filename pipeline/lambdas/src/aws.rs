@@ -61,16 +61,42 @@ pub async fn start_image_pipeline(
         .to_owned())
 }
 
-/// Starts a code pipeline; returns the execution id.
+/// Starts a code pipeline at `commit` (the Source action named `Source` takes that commit
+/// instead of the branch head: CodePipeline V2 source revision overrides,
+/// <https://docs.aws.amazon.com/codepipeline/latest/userguide/pipelines-trigger-source-overrides.html>),
+/// with pipeline-level `variables`; returns the execution id.
 pub async fn start_code_pipeline(
     client: &aws_sdk_codepipeline::Client,
     name: &str,
     client_request_token: &str,
+    commit: &str,
+    variables: &[(&str, &str)],
 ) -> Result<String, AwsCallError> {
-    let out = client
+    use aws_sdk_codepipeline::types::{
+        PipelineVariable, SourceRevisionOverride, SourceRevisionType,
+    };
+    let mut request = client
         .start_pipeline_execution()
         .name(name)
         .client_request_token(client_request_token)
+        .source_revisions(
+            SourceRevisionOverride::builder()
+                .action_name("Source")
+                .revision_type(SourceRevisionType::CommitId)
+                .revision_value(commit)
+                .build()
+                .map_err(call_error("StartPipelineExecution"))?,
+        );
+    for (var, value) in variables {
+        request = request.variables(
+            PipelineVariable::builder()
+                .name(*var)
+                .value(*value)
+                .build()
+                .map_err(call_error("StartPipelineExecution"))?,
+        );
+    }
+    let out = request
         .send()
         .await
         .map_err(call_error("StartPipelineExecution"))?;
@@ -85,6 +111,12 @@ pub async fn start_code_pipeline(
 pub enum JobOutcome {
     Success(String),
     Failure(String),
+    /// Not finished: CodePipeline invokes the function again with this continuation token
+    /// (<https://docs.aws.amazon.com/codepipeline/latest/userguide/actions-invoke-lambda-function.html>).
+    Continue {
+        summary: String,
+        token: String,
+    },
 }
 
 /// Reports `outcome` for `job_id`: the one PutJobSuccessResult or PutJobFailureResult.
@@ -99,6 +131,21 @@ pub async fn finish_job(
             client
                 .put_job_success_result()
                 .job_id(job_id)
+                .execution_details(
+                    aws_sdk_codepipeline::types::ExecutionDetails::builder()
+                        .summary(summary.chars().take(2048).collect::<String>())
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(call_error("PutJobSuccessResult"))?;
+        }
+        JobOutcome::Continue { summary, token } => {
+            tracing::info!(job_id, summary, token, "job continues");
+            client
+                .put_job_success_result()
+                .job_id(job_id)
+                .continuation_token(token)
                 .execution_details(
                     aws_sdk_codepipeline::types::ExecutionDetails::builder()
                         .summary(summary.chars().take(2048).collect::<String>())
@@ -215,21 +262,48 @@ pub async fn check_distinct_approvers(
     Ok(outcome)
 }
 
-/// The start-production-image Invoke action: start, then report exactly once.
+/// The start-production-image Invoke action: the production image is baked on top of the
+/// QAT image this execution deployed and had approved (same agent artifact, same parent, same
+/// component versions), and only if that image carries the approved commit. Reports once.
 pub async fn start_prod_image(
     codepipeline: &aws_sdk_codepipeline::Client,
     imagebuilder: &aws_sdk_imagebuilder::Client,
     job_id: &str,
+    user_parameters: Option<&str>,
     image_pipeline_arn: &str,
 ) -> Result<JobOutcome, AwsCallError> {
     // The job id is unique per action execution: a redelivered invocation starts one build.
     let token: String = job_id.chars().take(36).collect();
-    let outcome = match start_image_pipeline(imagebuilder, image_pipeline_arn, &token).await {
-        Ok(build) => JobOutcome::Success(format!("Started production image build {build}")),
-        Err(e) => JobOutcome::Failure(format!(
-            "could not start the production image pipeline: {e}"
-        )),
+    let outcome = match promote(imagebuilder, user_parameters, image_pipeline_arn, &token).await {
+        Ok(summary) => JobOutcome::Success(summary),
+        Err(message) => JobOutcome::Failure(message),
     };
     finish_job(codepipeline, job_id, &outcome).await?;
     Ok(outcome)
+}
+
+async fn promote(
+    imagebuilder: &aws_sdk_imagebuilder::Client,
+    user_parameters: Option<&str>,
+    image_pipeline_arn: &str,
+    token: &str,
+) -> Result<String, String> {
+    let params = crate::release::promote_parameters(user_parameters)?;
+    let qat = crate::image::baked(imagebuilder, &params.qat_image)
+        .await
+        .map_err(|e| format!("could not read the QAT image: {e}"))?;
+    crate::release::check_promotion(&params.commit, qat.commit())?;
+    let change = crate::image::RecipeChange {
+        version: &qat.recipe_version,
+        agent_parameters: &qat.agent_parameters,
+        parent_image: Some(&params.qat_image),
+        description: format!("commit {} on QAT image {}", params.commit, params.qat_image),
+    };
+    let build = crate::image::bake(imagebuilder, image_pipeline_arn, &change, token)
+        .await
+        .map_err(|e| format!("could not start the production image pipeline: {e}"))?;
+    Ok(format!(
+        "Started production image build {build} from QAT image {} (commit {})",
+        params.qat_image, params.commit
+    ))
 }

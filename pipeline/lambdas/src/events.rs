@@ -59,6 +59,24 @@ pub struct ImageMessage {
     pub output_resources: Option<OutputResources>,
 }
 
+/// A CloudFormation custom resource request
+/// (<https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/crpg-ref-requests.html>).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CustomResourceRequest {
+    /// Create, Update or Delete.
+    pub request_type: String,
+    #[serde(rename = "ResponseURL")]
+    pub response_url: String,
+    pub stack_id: String,
+    pub request_id: String,
+    pub logical_resource_id: String,
+    #[serde(default)]
+    pub physical_resource_id: Option<String>,
+    #[serde(default)]
+    pub resource_properties: serde_json::Map<String, serde_json::Value>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageState {
     pub status: String,
@@ -97,6 +115,9 @@ pub struct CodePipelineJob {
 #[serde(rename_all = "camelCase")]
 pub struct JobData {
     pub action_configuration: ActionConfiguration,
+    /// Set when a previous invocation of this job answered with a continuation token.
+    #[serde(default)]
+    pub continuation_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

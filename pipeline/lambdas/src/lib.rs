@@ -1,20 +1,26 @@
 //! Lambda glue for the codedeploy-agent pipelines (pipeline/README.md has the whole flow).
 //!
-//! Five functions, four binaries (`start-code-pipeline` is deployed twice, for QAT and prod):
+//! Seven functions, six binaries (`start-code-pipeline` is deployed twice, for QAT and prod):
 //!
-//! | binary                     | trigger                          | does                                   |
-//! |----------------------------|----------------------------------|----------------------------------------|
-//! | `start-image-pipeline`     | EventBridge CodeCommit push      | start the QAT image pipeline           |
-//! | `start-code-pipeline`      | SNS image-ready (Image Builder)  | start the QAT or production pipeline   |
-//! | `check-distinct-approvers` | CodePipeline Invoke action       | QC and PMO approvers must differ       |
-//! | `start-prod-image`         | CodePipeline Invoke action       | start the production image pipeline    |
+//! | binary                     | trigger                               | does                                             |
+//! |----------------------------|---------------------------------------|--------------------------------------------------|
+//! | `start-image-pipeline`     | CodeBuild publish step (Invoke)       | new QAT recipe for the commit's artifact, bake   |
+//! | `start-code-pipeline`      | SNS image-ready (Image Builder)       | start the QAT or production pipeline at the commit the image baked |
+//! | `refresh-instances`        | CodePipeline Invoke action            | instance refresh of the QAT group onto the new AMI |
+//! | `check-distinct-approvers` | CodePipeline Invoke action            | QC and PMO approvers must differ                 |
+//! | `start-prod-image`         | CodePipeline Invoke action            | bake production on the approved QAT image        |
+//! | `prod-deployment-group`    | CloudFormation custom resource        | the blue/green deployment group and its first ASG |
 //!
 //! The decisions are pure functions in [`decide`] over the event shapes in [`events`]; [`aws`]
 //! makes the calls. The two Invoke-action handlers report to CodePipeline exactly once per job.
 
 pub mod aws;
+pub mod custom_resource;
 pub mod decide;
 pub mod events;
+pub mod image;
+pub mod refresh;
+pub mod release;
 
 /// Reads a required environment variable, naming it in the error.
 pub fn env(name: &str) -> Result<String, MissingEnv> {

@@ -282,39 +282,144 @@ async fn a_failing_report_is_an_error_and_is_not_repeated() {
     assert_eq!(reports(&stub), ["PutJobSuccessResult"]);
 }
 
-#[tokio::test]
-async fn start_prod_image_starts_the_pipeline_and_reports_success_once() {
-    let stub = Stub::start(|r: &Request| match r.operation.as_str() {
+const COMMIT: &str = "c5ba8e670a7bb2b6bc0b4d6c0ff1c1a2b3c4d5e6";
+const QAT_IMAGE: &str =
+    "arn:aws:imagebuilder:us-east-1:123456789012:image/codedeploy-agent-qat/1.0.42/1";
+const PROD_PIPELINE: &str =
+    "arn:aws:imagebuilder:us-east-1:123456789012:image-pipeline/codedeploy-agent-prod";
+const AGENT: &str =
+    "arn:aws:imagebuilder:us-east-1:123456789012:component/codedeploy-agent-agent/1.0.0/1";
+
+fn agent_params(commit: &str) -> Value {
+    json!([{"name": "Commit", "value": [commit]}, {"name": "Version", "value": ["0.1.0"]},
+           {"name": "ArtifactBucket", "value": ["bucket"]}, {"name": "Sha256", "value": ["ab".repeat(32)]}])
+}
+
+/// Image Builder as the promotion sees it: the QAT image baked from `qat_commit`, the
+/// production pipeline on its template recipe.
+fn image_builder(qat_commit: &'static str) -> impl Fn(&Request) -> (u16, Value) + Send + Sync {
+    move |r: &Request| match r.operation.as_str() {
+        "GetImage" => (
+            200,
+            json!({"image": {"arn": QAT_IMAGE, "imageRecipe": {"version": "1.0.42",
+            "components": [{"componentArn": AGENT, "parameters": agent_params(qat_commit)}]}}}),
+        ),
+        "GetImagePipeline" => (
+            200,
+            json!({"imagePipeline": {"arn": PROD_PIPELINE,
+            "imageRecipeArn": "arn:aws:imagebuilder:us-east-1:123456789012:image-recipe/codedeploy-agent-prod/1.0.0",
+            "infrastructureConfigurationArn": "arn:infra", "distributionConfigurationArn": "arn:dist", "status": "ENABLED"}}),
+        ),
+        "GetImageRecipe" => (
+            200,
+            json!({"imageRecipe": {"name": "codedeploy-agent-prod", "version": "1.0.0",
+            "parentImage": "arn:aws:imagebuilder:us-east-1:aws:image/amazon-linux-2023-x86/x.x.x",
+            "components": [{"componentArn": "arn:aws:imagebuilder:us-east-1:aws:component/update-linux/x.x.x"},
+                           {"componentArn": AGENT, "parameters": agent_params("0000000000000000000000000000000000000000")}]}}),
+        ),
+        "CreateImageRecipe" => (
+            200,
+            json!({"imageRecipeArn": "arn:aws:imagebuilder:us-east-1:123456789012:image-recipe/codedeploy-agent-prod/1.0.42"}),
+        ),
+        "UpdateImagePipeline" => (200, json!({"imagePipelineArn": PROD_PIPELINE})),
         "StartImagePipelineExecution" => (
             200,
-            json!({"requestId": "r-1", "clientToken": r.body["clientToken"], "imageBuildVersionArn": "arn:aws:imagebuilder:us-east-1:123456789012:image/codedeploy-agent-prod/1.0.0/7"}),
+            json!({"requestId": "r-1", "clientToken": r.body["clientToken"], "imageBuildVersionArn": "arn:aws:imagebuilder:us-east-1:123456789012:image/codedeploy-agent-prod/1.0.42/1"}),
         ),
         _ => (200, json!({})),
-    });
-    let arn = "arn:aws:imagebuilder:us-east-1:123456789012:image-pipeline/codedeploy-agent-prod";
-    let outcome = aws::start_prod_image(&stub.codepipeline(), &stub.imagebuilder(), "job-2", arn)
-        .await
-        .expect("reported");
-    assert_eq!(outcome, JobOutcome::Success("Started production image build arn:aws:imagebuilder:us-east-1:123456789012:image/codedeploy-agent-prod/1.0.0/7".into()));
+    }
+}
+
+fn promote_params() -> String {
+    format!(r#"{{"commit":"{COMMIT}","qatImage":"{QAT_IMAGE}"}}"#)
+}
+
+#[tokio::test]
+async fn start_prod_image_bakes_on_the_approved_qat_image_and_reports_success_once() {
+    let stub = Stub::start(image_builder(COMMIT));
+    let params = promote_params();
+    let outcome = aws::start_prod_image(
+        &stub.codepipeline(),
+        &stub.imagebuilder(),
+        "job-2",
+        Some(&params),
+        PROD_PIPELINE,
+    )
+    .await
+    .expect("reported");
+    assert!(
+        matches!(&outcome, JobOutcome::Success(m) if m.contains("codedeploy-agent-prod/1.0.42/1")),
+        "{outcome:?}"
+    );
     assert_eq!(
         stub.operations(),
-        ["StartImagePipelineExecution", "PutJobSuccessResult"]
+        [
+            "GetImage",
+            "GetImagePipeline",
+            "GetImageRecipe",
+            "CreateImageRecipe",
+            "UpdateImagePipeline",
+            "StartImagePipelineExecution",
+            "PutJobSuccessResult"
+        ]
     );
+    // Same parent (the QAT image itself), same agent parameters, no OS update run again.
+    let recipe = &stub.bodies("CreateImageRecipe")[0];
+    assert_eq!(recipe["parentImage"], QAT_IMAGE);
+    assert_eq!(recipe["semanticVersion"], "1.0.42");
+    assert_eq!(recipe["components"].as_array().map(Vec::len), Some(1));
+    assert_eq!(recipe["components"][0]["parameters"], agent_params(COMMIT));
+    let update = &stub.bodies("UpdateImagePipeline")[0];
+    assert_eq!(
+        update["imageRecipeArn"],
+        "arn:aws:imagebuilder:us-east-1:123456789012:image-recipe/codedeploy-agent-prod/1.0.42"
+    );
+    assert_eq!(update["infrastructureConfigurationArn"], "arn:infra");
     let start = &stub.bodies("StartImagePipelineExecution")[0];
-    assert_eq!(start["imagePipelineArn"], arn);
+    assert_eq!(start["imagePipelineArn"], PROD_PIPELINE);
     assert_eq!(start["clientToken"], "job-2");
+}
+
+#[tokio::test]
+async fn start_prod_image_refuses_a_qat_image_of_another_commit() {
+    let stub = Stub::start(image_builder("a2bc1d2e0a7bb2b6bc0b4d6c0ff1c1a2b3c4d5e6"));
+    let params = promote_params();
+    let outcome = aws::start_prod_image(
+        &stub.codepipeline(),
+        &stub.imagebuilder(),
+        "job-3",
+        Some(&params),
+        PROD_PIPELINE,
+    )
+    .await
+    .expect("reported");
+    assert!(
+        matches!(&outcome, JobOutcome::Failure(m) if m.contains("refusing to promote")),
+        "{outcome:?}"
+    );
+    assert!(stub.bodies("CreateImageRecipe").is_empty());
+    assert_eq!(reports(&stub), ["PutJobFailureResult"]);
 }
 
 #[tokio::test]
 async fn start_prod_image_failure_reports_failure_once() {
     let stub = Stub::start(|r: &Request| match r.operation.as_str() {
         "StartImagePipelineExecution" => (400, json!({"message": "pipeline is DISABLED"})),
-        _ => (200, json!({})),
+        other => image_builder(COMMIT)(&Request {
+            operation: other.to_owned(),
+            body: r.body.clone(),
+        }),
     });
-    let outcome =
-        aws::start_prod_image(&stub.codepipeline(), &stub.imagebuilder(), "job-3", "arn:x")
-            .await
-            .expect("reported");
+    let params = promote_params();
+    let outcome = aws::start_prod_image(
+        &stub.codepipeline(),
+        &stub.imagebuilder(),
+        "job-3",
+        Some(&params),
+        PROD_PIPELINE,
+    )
+    .await
+    .expect("reported");
     assert!(
         matches!(&outcome, JobOutcome::Failure(m) if m.contains("StartImagePipelineExecution failed")),
         "{outcome:?}"
@@ -325,11 +430,26 @@ async fn start_prod_image_failure_reports_failure_once() {
 #[tokio::test]
 async fn start_code_pipeline_sends_the_name_and_token() {
     let stub = Stub::start(|_: &Request| (200, json!({"pipelineExecutionId": "exec-9"})));
-    let id = aws::start_code_pipeline(&stub.codepipeline(), "codedeploy-agent-qat", "token-1")
-        .await
-        .expect("started");
+    let id = aws::start_code_pipeline(
+        &stub.codepipeline(),
+        "codedeploy-agent-qat",
+        "token-1",
+        COMMIT,
+        &[("ImageArn", QAT_IMAGE)],
+    )
+    .await
+    .expect("started");
     assert_eq!(id, "exec-9");
     let body = &stub.bodies("StartPipelineExecution")[0];
     assert_eq!(body["name"], "codedeploy-agent-qat");
     assert_eq!(body["clientRequestToken"], "token-1");
+    // The Source action runs the image's commit, not the branch head.
+    assert_eq!(
+        body["sourceRevisions"],
+        json!([{"actionName": "Source", "revisionType": "COMMIT_ID", "revisionValue": COMMIT}])
+    );
+    assert_eq!(
+        body["variables"],
+        json!([{"name": "ImageArn", "value": QAT_IMAGE}])
+    );
 }

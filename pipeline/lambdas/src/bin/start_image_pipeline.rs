@@ -1,10 +1,10 @@
-//! EventBridge (CodeCommit push to the release branch) -> start the QAT image pipeline.
-//! Env: IMAGE_PIPELINE_ARN, BRANCH.
+//! Invoked (asynchronously) by CodeBuild's publish step after the agent of a commit is in S3:
+//! a new QAT recipe version bakes exactly that artifact, then the QAT image pipeline runs.
+//! Env: IMAGE_PIPELINE_ARN.
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use pipeline_lambdas::decide::{PushDecision, on_push};
-use pipeline_lambdas::events::CodeCommitEvent;
-use pipeline_lambdas::{aws, env};
+use pipeline_lambdas::release::{self, ReleaseEvent};
+use pipeline_lambdas::{aws, env, image};
 
 fn main() -> Result<(), Error> {
     pipeline_lambdas::init_logging();
@@ -13,26 +13,24 @@ fn main() -> Result<(), Error> {
         .build()?;
     runtime.block_on(async {
         let pipeline_arn = env("IMAGE_PIPELINE_ARN")?;
-        let branch = env("BRANCH")?;
         let client = aws_sdk_imagebuilder::Client::new(&aws::sdk_config().await);
-        lambda_runtime::run(service_fn(|event: LambdaEvent<CodeCommitEvent>| {
-            let (client, pipeline_arn, branch) = (&client, &pipeline_arn, &branch);
+        lambda_runtime::run(service_fn(|event: LambdaEvent<ReleaseEvent>| {
+            let (client, pipeline_arn) = (&client, &pipeline_arn);
             async move {
-                match on_push(&event.payload, branch) {
-                    PushDecision::Ignore(reason) => {
-                        tracing::info!(%reason, "push ignored");
-                        Ok::<_, Error>(format!("ignored: {reason}"))
-                    }
-                    PushDecision::Start {
-                        commit_id,
-                        client_token,
-                    } => {
-                        let build =
-                            aws::start_image_pipeline(client, pipeline_arn, &client_token).await?;
-                        tracing::info!(%commit_id, %build, "image pipeline started");
-                        Ok(format!("started {build} for {commit_id}"))
-                    }
-                }
+                let r = &event.payload;
+                release::validate_release(r)?;
+                let params = release::release_parameters(r);
+                let change = image::RecipeChange {
+                    version: &r.recipe_version,
+                    agent_parameters: &params,
+                    parent_image: None,
+                    description: format!("agent {} ({}) of commit {}", r.version, r.arch, r.commit),
+                };
+                // The commit id as client token: a redelivered invocation starts one build.
+                let token: String = r.commit.chars().take(36).collect();
+                let build = image::bake(client, pipeline_arn, &change, &token).await?;
+                tracing::info!(commit = %r.commit, %build, "QAT image pipeline started");
+                Ok::<_, Error>(format!("started {build} for {}", r.commit))
             }
         }))
         .await

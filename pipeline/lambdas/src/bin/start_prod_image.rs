@@ -23,6 +23,14 @@ fn main() -> Result<(), Error> {
                     codepipeline,
                     imagebuilder,
                     &event.payload.job.id,
+                    event
+                        .payload
+                        .job
+                        .data
+                        .action_configuration
+                        .configuration
+                        .user_parameters
+                        .as_deref(),
                     pipeline_arn,
                 )
                 .await?;
