@@ -9,6 +9,9 @@
 //! `None`. The points are `unpack-entry` (before each archive record is unpacked),
 //! `install-file` (before each file Install copies) and `prepare-locked` (prepare-image, once
 //! it holds the pid lock).
+//!
+//! [`test_panic_point`] is its sibling for the panic-isolation tests: with
+//! `CODEDEPLOY_AGENT_TEST_PANIC_AT=<point>[:<deployment id>]` it panics at that point.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,4 +58,47 @@ pub fn test_pause_point(point: &str) {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// The point named by `CODEDEPLOY_AGENT_TEST_PANIC_AT=<point>[:<deployment id>]`.
+struct PanicTarget {
+    point: String,
+    deployment_id: Option<String>,
+}
+
+fn panic_target() -> Option<&'static PanicTarget> {
+    static TARGET: OnceLock<Option<PanicTarget>> = OnceLock::new();
+    TARGET
+        .get_or_init(|| {
+            let value = std::env::var("CODEDEPLOY_AGENT_TEST_PANIC_AT").ok()?;
+            Some(match value.split_once(':') {
+                Some((p, d)) => PanicTarget {
+                    point: p.to_owned(),
+                    deployment_id: Some(d.to_owned()),
+                },
+                None => PanicTarget {
+                    point: value,
+                    deployment_id: None,
+                },
+            })
+        })
+        .as_ref()
+}
+
+/// Panics here when `CODEDEPLOY_AGENT_TEST_PANIC_AT` names this `point` (and, if it names one,
+/// this `deployment_id`): the release-build test of "a panic becomes a failed command, not a
+/// dead agent" (`tests/daemon_e2e.rs`). Inert without the variable. The points are `execute`
+/// (the start of a command, with its deployment id) and `install-copy` (a copy worker thread,
+/// before it copies a file).
+pub fn test_panic_point(point: &str, deployment_id: Option<&str>) {
+    let Some(t) = panic_target() else { return };
+    if t.point != point {
+        return;
+    }
+    if let Some(want) = &t.deployment_id
+        && deployment_id != Some(want.as_str())
+    {
+        return;
+    }
+    panic!("test panic point {point} reached (CODEDEPLOY_AGENT_TEST_PANIC_AT)");
 }

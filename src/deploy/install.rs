@@ -400,20 +400,37 @@ impl Pool<'_> {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
             };
-            let result = match &instructions[n] {
-                Instruction::Copy {
-                    source,
-                    destination,
-                    symlink,
-                } => copy_one(
-                    source,
-                    destination,
-                    *symlink,
-                    overwritten.contains(&**destination),
-                    preserve_owner,
-                ),
-                _ => Ok(()),
-            };
+            // A panic in a copy must not leave `busy` counted for good (the plan would wait
+            // for it forever): it becomes this copy's error.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match &instructions[n] {
+                    Instruction::Copy {
+                        source,
+                        destination,
+                        symlink,
+                    } => {
+                        crate::test_pause::test_panic_point("install-copy", None);
+                        copy_one(
+                            source,
+                            destination,
+                            *symlink,
+                            overwritten.contains(&**destination),
+                            preserve_owner,
+                        )
+                    }
+                    _ => Ok(()),
+                }
+            }))
+            .unwrap_or_else(|panic| {
+                Err(InstallError::Io {
+                    what: "copy (the copy worker panicked)",
+                    path: match &instructions[n] {
+                        Instruction::Copy { destination, .. } => destination.to_path_buf(),
+                        _ => PathBuf::new(),
+                    },
+                    source: io::Error::other(panic_message(&*panic)),
+                })
+            });
             let mut q = self.lock();
             q.busy -= 1;
             q.done += 1;
@@ -664,6 +681,15 @@ impl Execution<'_> {
         }
         Ok(i + 1)
     }
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Copies one bundle entry. A symlink is recreated with the same target. A regular file keeps
