@@ -402,8 +402,8 @@ impl Pool<'_> {
             };
             // A panic in a copy must not leave `busy` counted for good (the plan would wait
             // for it forever): it becomes this copy's error.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                match &instructions[n] {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &instructions[n] {
                     Instruction::Copy {
                         source,
                         destination,
@@ -419,18 +419,17 @@ impl Pool<'_> {
                         )
                     }
                     _ => Ok(()),
-                }
-            }))
-            .unwrap_or_else(|panic| {
-                Err(InstallError::Io {
-                    what: "copy (the copy worker panicked)",
-                    path: match &instructions[n] {
-                        Instruction::Copy { destination, .. } => destination.to_path_buf(),
-                        _ => PathBuf::new(),
-                    },
-                    source: io::Error::other(panic_message(&*panic)),
-                })
-            });
+                }))
+                .unwrap_or_else(|panic| {
+                    Err(InstallError::Io {
+                        what: "copy (the copy worker panicked)",
+                        path: match &instructions[n] {
+                            Instruction::Copy { destination, .. } => destination.to_path_buf(),
+                            _ => PathBuf::new(),
+                        },
+                        source: io::Error::other(panic_message(&*panic)),
+                    })
+                });
             let mut q = self.lock();
             q.busy -= 1;
             q.done += 1;
