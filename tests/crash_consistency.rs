@@ -514,3 +514,78 @@ fn kill_after_the_complete_was_accepted() {
     );
     sc.assert_next_deployment_succeeds("f");
 }
+
+/// Kills the agent at the `command_state` transition `point` of the last command of d-1
+/// (ApplicationStart, the 4th command: the 4th call of each point), restarts it, and returns
+/// the scenario with the cut command's id, once the agent has gone quiet about it.
+fn kill_at_transition(point: &str) -> (Scenario, Daemon) {
+    let mut sc = Scenario::new(false);
+    let spec = local_bundle(&sc, 3);
+    let marker = sc.s.path().join("paused");
+    let marker_s = marker.display().to_string();
+    let at = format!("{point}:4");
+    let mut agent = sc.start(&[
+        ("CODEDEPLOY_AGENT_TEST_PAUSE_AT", at.as_str()),
+        ("CODEDEPLOY_AGENT_TEST_PAUSE_MARKER", marker_s.as_str()),
+    ]);
+    sc.run_until(&spec, 3);
+    wait_for(&format!("the pause at {at}"), T, || marker.exists());
+    sc.kill(&mut agent);
+    let agent = sc.start(&[]);
+    (sc, agent)
+}
+
+/// Waits until the service has `n` completes for the cut command and then stays quiet about it
+/// for longer than the agent's whole first retry round.
+fn assert_reports(sc: &Scenario, n: usize) -> Vec<Complete> {
+    wait_for("the reports", T, || {
+        completes_for(&sc.fake, &sc.cut).len() >= n
+    });
+    sc.assert_recovered();
+    std::thread::sleep(Duration::from_secs(2));
+    let c = completes_for(&sc.fake, &sc.cut);
+    assert_eq!(c.len(), n, "{c:?}");
+    c
+}
+
+#[test]
+fn kill_at_every_command_state_transition() {
+    if skip() {
+        return;
+    }
+    // Running: the tracking file is written, nothing ran -> one code 7 after the restart.
+    let (sc, _agent) = kill_at_transition("state-running");
+    let c = assert_reports(&sc, 1);
+    assert_eq!(
+        c[0].diagnostics.as_ref().map(|d| d.payload.as_str()),
+        Some(CODE_7)
+    );
+    assert!(!runs(&sc.s).contains(&"ApplicationStart d-1".to_owned()));
+    sc.assert_next_deployment_succeeds("f");
+    drop(_agent);
+
+    // Finished: the result is recorded, not yet sent -> the recorded result, once.
+    let (sc, _agent) = kill_at_transition("state-finished");
+    let c = assert_reports(&sc, 1);
+    assert_eq!(c[0].command_status, "Succeeded");
+    assert_eq!(
+        c[0].diagnostics.as_ref().map(|d| d.payload.as_str()),
+        Some(SUCCESS)
+    );
+    sc.assert_next_deployment_succeeds("f");
+    drop(_agent);
+
+    // Accepting: the service accepted the report, the tracking file is gone, the result not
+    // yet -> nothing more is sent (before the fix: a second report, a code 7).
+    let (sc, _agent) = kill_at_transition("state-accepting");
+    let c = assert_reports(&sc, 1);
+    assert_eq!(c[0].command_status, "Succeeded");
+    sc.assert_next_deployment_succeeds("f");
+    drop(_agent);
+
+    // Idle: both files are gone -> nothing more is sent.
+    let (sc, _agent) = kill_at_transition("state-idle");
+    let c = assert_reports(&sc, 1);
+    assert_eq!(c[0].command_status, "Succeeded");
+    sc.assert_next_deployment_succeeds("f");
+}
