@@ -916,3 +916,129 @@ fn status_healthz_and_metrics() {
     assert_eq!(out.code, 3);
     assert!(out.stdout.contains("No AWS CodeDeploy agent running"));
 }
+
+fn reject(status: u16, code: &str, message: &str) -> Fault {
+    Fault::Reject {
+        status,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// Issue 13 item 2: a final report meets a proxy's HTML page, a 408, an expired and a rotated
+/// credential (retried until accepted, reported once), then a definitive `ClientException`
+/// (given up at once, logged with its code, tracking files removed); the next command still
+/// works.
+#[test]
+fn report_errors_are_retried_unless_the_service_definitively_rejects_them() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let agent = Daemon::start(&s, &fake, "", &[]);
+    let b = bundle(&s, "b", "b", "#!/bin/sh\necho started\n");
+    let spec = signed(&spec_json("d-E", "dg", &b));
+    for fault in [
+        Fault::Html(502),
+        reject(408, "RequestTimeout", "request timed out"),
+        reject(
+            400,
+            "ExpiredTokenException",
+            "The security token included in the request is expired",
+        ),
+        reject(
+            400,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        ),
+    ] {
+        fake.inject(Some("PutHostCommandComplete"), fault, 1);
+    }
+    let done = run_commands(&fake, "e", &["DownloadBundle"], &spec, T);
+    assert_eq!(done[0].command_status, "Succeeded", "{done:?}");
+    let refused = fake.requests_for("PutHostCommandComplete");
+    assert_eq!(
+        refused.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [502, 408, 400, 400, 200],
+        "every transient refusal was retried"
+    );
+    let tracking = s.root().join("ongoing-deployment");
+    let empty = || {
+        fs::read_dir(&tracking)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    };
+    assert!(fake.wait_until(T, |_| empty()), "tracking files removed");
+
+    // Definitive: the service no longer knows the command.
+    fake.inject(
+        Some("PutHostCommandComplete"),
+        reject(400, "ClientException", "The host command does not exist"),
+        1,
+    );
+    let id = "e-1-Install";
+    fake.set_spec("e/exec/1/Install", "CodeDeploy", spec.clone());
+    fake.enqueue(HOST, command(id, "Install", HOST, "e/exec/1/Install"));
+    let needle = format!("\"HostCommandIdentifier\":\"{id}\"");
+    assert!(fake.wait_until(T, |records| {
+        records
+            .iter()
+            .any(|r| r.operation == "PutHostCommandComplete" && r.raw_body.contains(&needle))
+    }));
+    assert!(
+        fake.wait_until(T, |_| empty()),
+        "a rejected report's files go too"
+    );
+    assert!(fake.wait_until(T, |_| agent.log_text().contains(
+        "the service definitively rejected the final report (ClientException)"
+    )));
+    // Not retried: the agent polls on, and the rejected report was sent exactly once.
+    let polls = fake.requests_for("PollHostCommand").len();
+    assert!(fake.wait_until(T, |r| {
+        r.iter()
+            .filter(|r| r.operation == "PollHostCommand")
+            .count()
+            > polls + 3
+    }));
+    assert_eq!(
+        fake.requests_for("PutHostCommandComplete")
+            .iter()
+            .filter(|r| r.raw_body.contains(&needle))
+            .count(),
+        1
+    );
+}
+
+/// Issue 13 item 2: the service's clock is 15 minutes ahead. The first signed request is
+/// refused as expired; the agent takes the offset from the answer's `Date` header and every
+/// later request (poll, spec, ack, report) is accepted.
+#[test]
+fn a_clock_skew_refusal_corrects_the_signing_clock() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    fake.set_clock_offset(900);
+    let agent = Daemon::start(&s, &fake, "", &[]);
+    let b = bundle(&s, "b", "b", "#!/bin/sh\necho started\n");
+    let spec = signed(&spec_json("d-C", "dg", &b));
+    let done = run_commands(&fake, "c", &["DownloadBundle"], &spec, T);
+    assert_eq!(done[0].command_status, "Succeeded", "{done:?}");
+    let errors: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.error)
+        .collect();
+    assert_eq!(
+        errors,
+        ["InvalidSignatureException"],
+        "refused once, then corrected"
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("this host's clock differs from the service's")
+    );
+}
