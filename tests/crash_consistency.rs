@@ -589,3 +589,63 @@ fn kill_at_every_command_state_transition() {
     assert_eq!(c[0].command_status, "Succeeded");
     sc.assert_next_deployment_succeeds("f");
 }
+
+/// Issue 13 item 4: a second SIGTERM while the engine is in the middle of a long unpack or
+/// install (every entry or file slowed to 100 ms by `CODEDEPLOY_AGENT_TEST_SLOW_AT`: a 30 s
+/// phase) ends the agent within seconds; the command is left interrupted and the next start
+/// reports it exactly once (code 7).
+fn second_sigterm_in_the_middle_of(point: &str, at: usize) {
+    let mut sc = Scenario::new(false);
+    let spec = local_bundle(&sc, 300);
+    let marker = sc.s.path().join("slowed");
+    let marker_s = marker.display().to_string();
+    let slow = format!("{point}:100");
+    let mut agent = sc.start(&[
+        ("CODEDEPLOY_AGENT_TEST_SLOW_AT", slow.as_str()),
+        ("CODEDEPLOY_AGENT_TEST_PAUSE_MARKER", marker_s.as_str()),
+    ]);
+    sc.run_until(&spec, at);
+    wait_for(&format!("the engine in {point}"), T, || marker.exists());
+    agent.signal(Signal::SIGTERM);
+    wait_for("the graceful stop", T, || {
+        agent.log_text().contains("shutdown requested")
+    });
+    agent.signal(Signal::SIGTERM);
+    let escalated = Instant::now();
+    agent
+        .wait(Duration::from_secs(60))
+        .expect("the agent exits after the escalation");
+    assert!(
+        escalated.elapsed() < Duration::from_secs(6),
+        "the escalated stop took {:?}",
+        escalated.elapsed()
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("the command was interrupted by the agent's stop"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(completes_for(&sc.fake, &sc.cut).is_empty());
+    let _agent = sc.start(&[]);
+    sc.assert_one_code_7();
+    sc.assert_recovered();
+    sc.assert_next_deployment_succeeds("f");
+}
+
+#[test]
+fn a_second_sigterm_stops_a_long_unpack_within_seconds() {
+    if skip() {
+        return;
+    }
+    second_sigterm_in_the_middle_of("unpack-entry", 0);
+}
+
+#[test]
+fn a_second_sigterm_stops_a_long_install_within_seconds() {
+    if skip() {
+        return;
+    }
+    second_sigterm_in_the_middle_of("install-file", 2);
+}

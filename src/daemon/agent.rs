@@ -655,7 +655,9 @@ impl<C: HostCommands + 'static> Agent<C> {
                 _ = shutdown.changed() => {}
             }
         }
-        // Escalation: stop the hooks, give them the grace period, then KILL what is left.
+        // Escalation: stop the engine's loops (unpack, copies, cleanup) at their next check,
+        // stop the hooks, give them the grace period, then KILL what is left.
+        crate::deploy::cancel::request();
         if let Some(running) = running {
             let n = running.signal_all(nix::sys::signal::Signal::SIGTERM);
             tracing::warn!(scripts = n, "stopping running hook scripts (TERM)");
@@ -813,6 +815,14 @@ impl<C: HostCommands + 'static> Agent<C> {
                 })
                 .await
         };
+        if result.is_err() && crate::deploy::cancel::requested() {
+            // Cut off by the escalated stop: left Running, so the next start reports it once
+            // (code 7), as after a kill.
+            tracing::warn!(
+                "the command was interrupted by the agent's stop; the next start reports it as failed"
+            );
+            return;
+        }
         let owed = match result {
             Ok(()) => OwedResult {
                 status: status::SUCCEEDED.into(),

@@ -26,6 +26,8 @@ use crate::deploy::plan::{self, InstallPlan, Instruction, PlanError};
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error(transparent)]
+    Cancelled(#[from] crate::deploy::cancel::Cancelled),
+    #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("The deployment failed because a specified file already exists at this location: {}", .0.display())]
     FileExists(PathBuf),
@@ -100,6 +102,7 @@ pub fn cleanup_previous(root: &DeploymentRoot, group_id: &str) -> Result<usize, 
     };
     let entries = parse_cleanup(&bytes);
     for entry in entries.iter().rev() {
+        crate::deploy::cancel::check()?;
         match entry {
             CleanupEntry::Semanage(path) => permissions::remove_context(path),
             CleanupEntry::Path(path) => remove_installed(path)?,
@@ -410,6 +413,7 @@ impl Pool<'_> {
                         symlink,
                     } => {
                         crate::test_pause::test_panic_point("install-copy", None);
+                        crate::deploy::cancel::check()?;
                         copy_one(
                             source,
                             destination,
@@ -512,6 +516,7 @@ impl Execution<'_> {
         let mut in_flight = false;
         let mut i = 0;
         while i < instructions.len() {
+            crate::deploy::cancel::check()?;
             match &instructions[i] {
                 Instruction::Copy { .. } => {
                     pending.push(i);
@@ -600,6 +605,7 @@ impl Execution<'_> {
             Some(pool) => pool.submit(pending.drain(..)),
             None => {
                 for n in pending.drain(..) {
+                    crate::deploy::cancel::check()?;
                     if let Instruction::Copy {
                         source,
                         destination,
