@@ -1042,3 +1042,122 @@ fn a_clock_skew_refusal_corrects_the_signing_clock() {
             .contains("this host's clock differs from the service's")
     );
 }
+
+/// Issue 13 item 1, on the release build (`panic = "unwind"`): a command that panics
+/// (`CODEDEPLOY_AGENT_TEST_PANIC_AT=execute:d-PANIC`) while a command of another deployment
+/// group runs gets exactly one `Failed` report saying so; the other completes, and the agent
+/// keeps polling.
+#[test]
+fn release_build_a_panicking_command_fails_alone_and_the_agent_keeps_polling() {
+    let Some(bin) = support::daemon::release_bin(
+        "release_build_a_panicking_command_fails_alone_and_the_agent_keeps_polling",
+    ) else {
+        return;
+    };
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let mut agent = Daemon::start_bin(
+        &s,
+        &fake,
+        &bin,
+        HOST,
+        "",
+        &[("CODEDEPLOY_AGENT_TEST_PANIC_AT", "execute:d-PANIC")],
+    );
+    // Group B: a BeforeInstall that holds until released.
+    let holding = s.path().join("holding");
+    let release = s.path().join("release");
+    let dest = s.dest().display().to_string();
+    let hold = format!(
+        "#!/bin/sh\ntouch {}\nwhile [ ! -e {} ]; do sleep 0.1; done\n",
+        holding.display(),
+        release.display()
+    );
+    let b = s.bundle(
+        "held",
+        &[
+            (
+                "appspec.yml",
+                &format!("version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: {dest}/b\nhooks:\n  BeforeInstall:\n    - location: scripts/hold.sh\n      timeout: 60\n"),
+            ),
+            ("app/x", "x"),
+            ("scripts/hold.sh", &hold),
+        ],
+    );
+    let ok = signed(&spec_json("d-OK", "dg-b", &b));
+    let done = run_commands(&fake, "ok", &["DownloadBundle"], &ok, T);
+    assert_eq!(done[0].command_status, "Succeeded", "{done:?}");
+    fake.set_spec("ok/exec/held", "CodeDeploy", ok.clone());
+    fake.enqueue(
+        HOST,
+        command("ok-held", "BeforeInstall", HOST, "ok/exec/held"),
+    );
+    assert!(
+        fake.wait_until(T, |_| holding.exists()),
+        "group B's hook runs"
+    );
+
+    // Group A panics while B's hook runs.
+    let a = bundle(&s, "a", "a", "#!/bin/sh\n");
+    let panicking = signed(&spec_json("d-PANIC", "dg-a", &a));
+    fake.set_spec("p/exec", "CodeDeploy", panicking);
+    fake.enqueue(HOST, command("p-1", "DownloadBundle", HOST, "p/exec"));
+    assert!(
+        wait_complete(&fake, "p-1"),
+        "the panicking command is reported"
+    );
+    assert_eq!(
+        agent.child.try_wait().expect("try_wait"),
+        None,
+        "the agent is alive"
+    );
+
+    fs::write(&release, "").expect("release");
+    assert!(
+        wait_complete(&fake, "ok-held"),
+        "group B's command completes"
+    );
+    // Still polling: more polls arrive after both reports.
+    let polls = fake.requests_for("PollHostCommand").len();
+    assert!(fake.wait_until(T, |r| {
+        r.iter()
+            .filter(|r| r.operation == "PollHostCommand")
+            .count()
+            > polls + 2
+    }));
+    // And a later command runs normally.
+    let done = run_commands(&fake, "later", &["DownloadBundle"], &ok, T);
+    assert_eq!(done[0].command_status, "Succeeded");
+
+    let of = |id: &str| -> Vec<Complete> {
+        fake.completes()
+            .into_iter()
+            .filter(|c| c.host_command_identifier == id)
+            .collect()
+    };
+    let p = of("p-1");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].command_status, "Failed");
+    let message = payload(&p[0])["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with("The agent hit an internal error while running the command")
+            && message.contains("test panic point execute reached")
+            && message.contains("The agent keeps running"),
+        "{message}"
+    );
+    assert_eq!(payload(&p[0])["error_code"], 5);
+    let b = of("ok-held");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0].command_status, "Succeeded");
+    assert_eq!(
+        agent.child.try_wait().expect("try_wait"),
+        None,
+        "the agent is alive"
+    );
+}
