@@ -1161,3 +1161,46 @@ fn release_build_a_panicking_command_fails_alone_and_the_agent_keeps_polling() {
         "the agent is alive"
     );
 }
+
+/// A copy worker that panics fails the Install with a clear message instead of leaving the
+/// install waiting for it for good (before: the copy stayed counted as busy and the command
+/// never ended).
+#[test]
+fn a_panicking_copy_worker_fails_the_install() {
+    let s = Sandbox::new();
+    let dest = s.dest().display().to_string();
+    let b = s.bundle(
+        "copies",
+        &[
+            (
+                "appspec.yml",
+                &format!("version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: {dest}/app\n"),
+            ),
+            ("app/a", "a"),
+            ("app/b", "b"),
+            ("app/c", "c"),
+        ],
+    );
+    let mut cmd = std::process::Command::new(support::bin());
+    cmd.arg("local")
+        .arg("-c")
+        .arg(s.config())
+        .arg("-l")
+        .arg(&b)
+        .arg("-g")
+        .arg("dg")
+        .env("CODEDEPLOY_AGENT_TEST_PANIC_AT", "install-copy")
+        .env("RUST_BACKTRACE", "0");
+    let out_path = s.path().join("local.stdout");
+    cmd.stdout(fs::File::create(&out_path).expect("stdout file"));
+    let mut run = Daemon::spawn(&s, cmd);
+    let status = run
+        .wait(Duration::from_secs(60))
+        .expect("the deployment ends");
+    let log = fs::read_to_string(&out_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{log}\n{}", run.log_text());
+    assert!(
+        log.contains("the copy worker panicked") && log.contains("test panic point install-copy"),
+        "{log}"
+    );
+}
