@@ -514,3 +514,138 @@ fn kill_after_the_complete_was_accepted() {
     );
     sc.assert_next_deployment_succeeds("f");
 }
+
+/// Kills the agent at the `command_state` transition `point` of the last command of d-1
+/// (ApplicationStart, the 4th command: the 4th call of each point), restarts it, and returns
+/// the scenario with the cut command's id, once the agent has gone quiet about it.
+fn kill_at_transition(point: &str) -> (Scenario, Daemon) {
+    let mut sc = Scenario::new(false);
+    let spec = local_bundle(&sc, 3);
+    let marker = sc.s.path().join("paused");
+    let marker_s = marker.display().to_string();
+    let at = format!("{point}:4");
+    let mut agent = sc.start(&[
+        ("CODEDEPLOY_AGENT_TEST_PAUSE_AT", at.as_str()),
+        ("CODEDEPLOY_AGENT_TEST_PAUSE_MARKER", marker_s.as_str()),
+    ]);
+    sc.run_until(&spec, 3);
+    wait_for(&format!("the pause at {at}"), T, || marker.exists());
+    sc.kill(&mut agent);
+    let agent = sc.start(&[]);
+    (sc, agent)
+}
+
+/// Waits until the service has `n` completes for the cut command and then stays quiet about it
+/// for longer than the agent's whole first retry round.
+fn assert_reports(sc: &Scenario, n: usize) -> Vec<Complete> {
+    wait_for("the reports", T, || {
+        completes_for(&sc.fake, &sc.cut).len() >= n
+    });
+    sc.assert_recovered();
+    std::thread::sleep(Duration::from_secs(2));
+    let c = completes_for(&sc.fake, &sc.cut);
+    assert_eq!(c.len(), n, "{c:?}");
+    c
+}
+
+#[test]
+fn kill_at_every_command_state_transition() {
+    if skip() {
+        return;
+    }
+    // Running: the tracking file is written, nothing ran -> one code 7 after the restart.
+    let (sc, _agent) = kill_at_transition("state-running");
+    let c = assert_reports(&sc, 1);
+    assert_eq!(
+        c[0].diagnostics.as_ref().map(|d| d.payload.as_str()),
+        Some(CODE_7)
+    );
+    assert!(!runs(&sc.s).contains(&"ApplicationStart d-1".to_owned()));
+    sc.assert_next_deployment_succeeds("f");
+    drop(_agent);
+
+    // Finished: the result is recorded, not yet sent -> the recorded result, once.
+    let (sc, _agent) = kill_at_transition("state-finished");
+    let c = assert_reports(&sc, 1);
+    assert_eq!(c[0].command_status, "Succeeded");
+    assert_eq!(
+        c[0].diagnostics.as_ref().map(|d| d.payload.as_str()),
+        Some(SUCCESS)
+    );
+    sc.assert_next_deployment_succeeds("f");
+    drop(_agent);
+
+    // Accepting: the service accepted the report, the tracking file is gone, the result not
+    // yet -> nothing more is sent (before the fix: a second report, a code 7).
+    let (sc, _agent) = kill_at_transition("state-accepting");
+    let c = assert_reports(&sc, 1);
+    assert_eq!(c[0].command_status, "Succeeded");
+    sc.assert_next_deployment_succeeds("f");
+    drop(_agent);
+
+    // Idle: both files are gone -> nothing more is sent.
+    let (sc, _agent) = kill_at_transition("state-idle");
+    let c = assert_reports(&sc, 1);
+    assert_eq!(c[0].command_status, "Succeeded");
+    sc.assert_next_deployment_succeeds("f");
+}
+
+/// Issue 13 item 4: a second SIGTERM while the engine is in the middle of a long unpack or
+/// install (every entry or file slowed to 100 ms by `CODEDEPLOY_AGENT_TEST_SLOW_AT`: a 30 s
+/// phase) ends the agent within seconds; the command is left interrupted and the next start
+/// reports it exactly once (code 7).
+fn second_sigterm_in_the_middle_of(point: &str, at: usize) {
+    let mut sc = Scenario::new(false);
+    let spec = local_bundle(&sc, 300);
+    let marker = sc.s.path().join("slowed");
+    let marker_s = marker.display().to_string();
+    let slow = format!("{point}:100");
+    let mut agent = sc.start(&[
+        ("CODEDEPLOY_AGENT_TEST_SLOW_AT", slow.as_str()),
+        ("CODEDEPLOY_AGENT_TEST_PAUSE_MARKER", marker_s.as_str()),
+    ]);
+    sc.run_until(&spec, at);
+    wait_for(&format!("the engine in {point}"), T, || marker.exists());
+    agent.signal(Signal::SIGTERM);
+    wait_for("the graceful stop", T, || {
+        agent.log_text().contains("shutdown requested")
+    });
+    agent.signal(Signal::SIGTERM);
+    let escalated = Instant::now();
+    agent
+        .wait(Duration::from_secs(60))
+        .expect("the agent exits after the escalation");
+    assert!(
+        escalated.elapsed() < Duration::from_secs(6),
+        "the escalated stop took {:?}",
+        escalated.elapsed()
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("the command was interrupted by the agent's stop"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(completes_for(&sc.fake, &sc.cut).is_empty());
+    let _agent = sc.start(&[]);
+    sc.assert_one_code_7();
+    sc.assert_recovered();
+    sc.assert_next_deployment_succeeds("f");
+}
+
+#[test]
+fn a_second_sigterm_stops_a_long_unpack_within_seconds() {
+    if skip() {
+        return;
+    }
+    second_sigterm_in_the_middle_of("unpack-entry", 0);
+}
+
+#[test]
+fn a_second_sigterm_stops_a_long_install_within_seconds() {
+    if skip() {
+        return;
+    }
+    second_sigterm_in_the_middle_of("install-file", 2);
+}

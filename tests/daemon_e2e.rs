@@ -916,3 +916,291 @@ fn status_healthz_and_metrics() {
     assert_eq!(out.code, 3);
     assert!(out.stdout.contains("No AWS CodeDeploy agent running"));
 }
+
+fn reject(status: u16, code: &str, message: &str) -> Fault {
+    Fault::Reject {
+        status,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// Issue 13 item 2: a final report meets a proxy's HTML page, a 408, an expired and a rotated
+/// credential (retried until accepted, reported once), then a definitive `ClientException`
+/// (given up at once, logged with its code, tracking files removed); the next command still
+/// works.
+#[test]
+fn report_errors_are_retried_unless_the_service_definitively_rejects_them() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let agent = Daemon::start(&s, &fake, "", &[]);
+    let b = bundle(&s, "b", "b", "#!/bin/sh\necho started\n");
+    let spec = signed(&spec_json("d-E", "dg", &b));
+    for fault in [
+        Fault::Html(502),
+        reject(408, "RequestTimeout", "request timed out"),
+        reject(
+            400,
+            "ExpiredTokenException",
+            "The security token included in the request is expired",
+        ),
+        reject(
+            400,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        ),
+    ] {
+        fake.inject(Some("PutHostCommandComplete"), fault, 1);
+    }
+    let done = run_commands(&fake, "e", &["DownloadBundle"], &spec, T);
+    assert_eq!(done[0].command_status, "Succeeded", "{done:?}");
+    let refused = fake.requests_for("PutHostCommandComplete");
+    assert_eq!(
+        refused.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [502, 408, 400, 400, 200],
+        "every transient refusal was retried"
+    );
+    let tracking = s.root().join("ongoing-deployment");
+    let empty = || {
+        fs::read_dir(&tracking)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)
+    };
+    assert!(fake.wait_until(T, |_| empty()), "tracking files removed");
+
+    // Definitive: the service no longer knows the command.
+    fake.inject(
+        Some("PutHostCommandComplete"),
+        reject(400, "ClientException", "The host command does not exist"),
+        1,
+    );
+    let id = "e-1-Install";
+    fake.set_spec("e/exec/1/Install", "CodeDeploy", spec.clone());
+    fake.enqueue(HOST, command(id, "Install", HOST, "e/exec/1/Install"));
+    let needle = format!("\"HostCommandIdentifier\":\"{id}\"");
+    assert!(fake.wait_until(T, |records| {
+        records
+            .iter()
+            .any(|r| r.operation == "PutHostCommandComplete" && r.raw_body.contains(&needle))
+    }));
+    assert!(
+        fake.wait_until(T, |_| empty()),
+        "a rejected report's files go too"
+    );
+    assert!(fake.wait_until(T, |_| agent.log_text().contains(
+        "the service definitively rejected the final report (ClientException)"
+    )));
+    // Not retried: the agent polls on, and the rejected report was sent exactly once.
+    let polls = fake.requests_for("PollHostCommand").len();
+    assert!(fake.wait_until(T, |r| {
+        r.iter()
+            .filter(|r| r.operation == "PollHostCommand")
+            .count()
+            > polls + 3
+    }));
+    assert_eq!(
+        fake.requests_for("PutHostCommandComplete")
+            .iter()
+            .filter(|r| r.raw_body.contains(&needle))
+            .count(),
+        1
+    );
+}
+
+/// Issue 13 item 2: the service's clock is 15 minutes ahead. The first signed request is
+/// refused as expired; the agent takes the offset from the answer's `Date` header and every
+/// later request (poll, spec, ack, report) is accepted.
+#[test]
+fn a_clock_skew_refusal_corrects_the_signing_clock() {
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    fake.set_clock_offset(900);
+    let agent = Daemon::start(&s, &fake, "", &[]);
+    let b = bundle(&s, "b", "b", "#!/bin/sh\necho started\n");
+    let spec = signed(&spec_json("d-C", "dg", &b));
+    let done = run_commands(&fake, "c", &["DownloadBundle"], &spec, T);
+    assert_eq!(done[0].command_status, "Succeeded", "{done:?}");
+    let errors: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.error)
+        .collect();
+    assert_eq!(
+        errors,
+        ["InvalidSignatureException"],
+        "refused once, then corrected"
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("this host's clock differs from the service's")
+    );
+}
+
+/// Issue 13 item 1, on the release build (`panic = "unwind"`): a command that panics
+/// (`CODEDEPLOY_AGENT_TEST_PANIC_AT=execute:d-PANIC`) while a command of another deployment
+/// group runs gets exactly one `Failed` report saying so; the other completes, and the agent
+/// keeps polling.
+#[test]
+fn release_build_a_panicking_command_fails_alone_and_the_agent_keeps_polling() {
+    let Some(bin) = support::daemon::release_bin(
+        "release_build_a_panicking_command_fails_alone_and_the_agent_keeps_polling",
+    ) else {
+        return;
+    };
+    if skip() {
+        return;
+    }
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let mut agent = Daemon::start_bin(
+        &s,
+        &fake,
+        &bin,
+        HOST,
+        "",
+        &[("CODEDEPLOY_AGENT_TEST_PANIC_AT", "execute:d-PANIC")],
+    );
+    // Group B: a BeforeInstall that holds until released.
+    let holding = s.path().join("holding");
+    let release = s.path().join("release");
+    let dest = s.dest().display().to_string();
+    let hold = format!(
+        "#!/bin/sh\ntouch {}\nwhile [ ! -e {} ]; do sleep 0.1; done\n",
+        holding.display(),
+        release.display()
+    );
+    let b = s.bundle(
+        "held",
+        &[
+            (
+                "appspec.yml",
+                &format!("version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: {dest}/b\nhooks:\n  BeforeInstall:\n    - location: scripts/hold.sh\n      timeout: 60\n"),
+            ),
+            ("app/x", "x"),
+            ("scripts/hold.sh", &hold),
+        ],
+    );
+    let ok = signed(&spec_json("d-OK", "dg-b", &b));
+    let done = run_commands(&fake, "ok", &["DownloadBundle"], &ok, T);
+    assert_eq!(done[0].command_status, "Succeeded", "{done:?}");
+    fake.set_spec("ok/exec/held", "CodeDeploy", ok.clone());
+    fake.enqueue(
+        HOST,
+        command("ok-held", "BeforeInstall", HOST, "ok/exec/held"),
+    );
+    assert!(
+        fake.wait_until(T, |_| holding.exists()),
+        "group B's hook runs"
+    );
+
+    // Group A panics while B's hook runs.
+    let a = bundle(&s, "a", "a", "#!/bin/sh\n");
+    let panicking = signed(&spec_json("d-PANIC", "dg-a", &a));
+    fake.set_spec("p/exec", "CodeDeploy", panicking);
+    fake.enqueue(HOST, command("p-1", "DownloadBundle", HOST, "p/exec"));
+    assert!(
+        wait_complete(&fake, "p-1"),
+        "the panicking command is reported"
+    );
+    assert_eq!(
+        agent.child.try_wait().expect("try_wait"),
+        None,
+        "the agent is alive"
+    );
+
+    fs::write(&release, "").expect("release");
+    assert!(
+        wait_complete(&fake, "ok-held"),
+        "group B's command completes"
+    );
+    // Still polling: more polls arrive after both reports.
+    let polls = fake.requests_for("PollHostCommand").len();
+    assert!(fake.wait_until(T, |r| {
+        r.iter()
+            .filter(|r| r.operation == "PollHostCommand")
+            .count()
+            > polls + 2
+    }));
+    // And a later command runs normally.
+    let done = run_commands(&fake, "later", &["DownloadBundle"], &ok, T);
+    assert_eq!(done[0].command_status, "Succeeded");
+
+    let of = |id: &str| -> Vec<Complete> {
+        fake.completes()
+            .into_iter()
+            .filter(|c| c.host_command_identifier == id)
+            .collect()
+    };
+    let p = of("p-1");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].command_status, "Failed");
+    let message = payload(&p[0])["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with("The agent hit an internal error while running the command")
+            && message.contains("test panic point execute reached")
+            && message.contains("The agent keeps running"),
+        "{message}"
+    );
+    assert_eq!(payload(&p[0])["error_code"], 5);
+    let b = of("ok-held");
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0].command_status, "Succeeded");
+    assert_eq!(
+        agent.child.try_wait().expect("try_wait"),
+        None,
+        "the agent is alive"
+    );
+}
+
+/// A copy worker that panics fails the Install with a clear message instead of leaving the
+/// install waiting for it for good (before: the copy stayed counted as busy and the command
+/// never ended).
+#[test]
+fn a_panicking_copy_worker_fails_the_install() {
+    let s = Sandbox::new();
+    let dest = s.dest().display().to_string();
+    let b = s.bundle(
+        "copies",
+        &[
+            (
+                "appspec.yml",
+                &format!("version: 0.0\nos: linux\nfiles:\n  - source: app\n    destination: {dest}/app\n"),
+            ),
+            ("app/a", "a"),
+            ("app/b", "b"),
+            ("app/c", "c"),
+        ],
+    );
+    let mut cmd = std::process::Command::new(support::bin());
+    cmd.arg("local")
+        .arg("-c")
+        .arg(s.config())
+        .arg("-l")
+        .arg(&b)
+        .arg("-g")
+        .arg("dg")
+        .env("CODEDEPLOY_AGENT_TEST_PANIC_AT", "install-copy")
+        .env("RUST_BACKTRACE", "0");
+    let out_path = s.path().join("local.stdout");
+    cmd.stdout(fs::File::create(&out_path).expect("stdout file"));
+    let mut run = Daemon::spawn(&s, cmd);
+    let status = run
+        .wait(Duration::from_secs(60))
+        .expect("the deployment ends");
+    let log = fs::read_to_string(&out_path).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{log}\n{}", run.log_text());
+    assert!(
+        log.contains("the copy worker panicked") && log.contains("test panic point install-copy"),
+        "{log}"
+    );
+}

@@ -219,6 +219,10 @@ pub struct HttpHostCommands {
     /// The endpoint with its path normalised (`https://host/`): signed and sent identically.
     url: reqwest::Url,
     credentials: SharedCredentialsProvider,
+    /// How far the service's clock is ahead of ours (milliseconds, may be negative), learnt
+    /// from the `Date` header of a clock-skew refusal; requests are signed with our clock plus
+    /// this.
+    clock_offset_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl HttpHostCommands {
@@ -267,7 +271,28 @@ impl HttpHostCommands {
             config,
             url,
             credentials,
+            clock_offset_ms: std::sync::Arc::default(),
         })
+    }
+
+    /// The service's clock as far as we know it: ours, corrected by the learnt offset.
+    fn service_now(&self) -> SystemTime {
+        let offset = self
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let now = SystemTime::now();
+        let delta = Duration::from_millis(offset.unsigned_abs());
+        if offset >= 0 {
+            now + delta
+        } else {
+            now.checked_sub(delta).unwrap_or(now)
+        }
+    }
+
+    /// The clock offset currently applied to signatures, in milliseconds.
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The configuration this client was built with.
@@ -344,7 +369,7 @@ impl HttpHostCommands {
             .identity(&identity)
             .region(&self.config.region)
             .name(self.config.variant.signing_name())
-            .time(SystemTime::now())
+            .time(self.service_now())
             .settings(SigningSettings::default())
             .build()
             .map_err(|e| ControlError::Credentials(format!("cannot sign {operation}: {e}")))?;
@@ -383,6 +408,11 @@ impl HttpHostCommands {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let date = response
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date);
         let bytes = self.read_body(operation, response).await?;
         tracing::debug!(
             operation,
@@ -392,11 +422,11 @@ impl HttpHostCommands {
             "host-commands response"
         );
         if !status.is_success() {
-            return Err(service_error(
-                status.as_u16(),
-                error_type.as_deref(),
-                &bytes,
-            ));
+            let error = service_error(status.as_u16(), error_type.as_deref(), &bytes);
+            if error.is_clock_skew() {
+                self.learn_clock_offset(operation, date);
+            }
+            return Err(error);
         }
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
@@ -410,6 +440,67 @@ impl HttpHostCommands {
             ))
         })
     }
+}
+
+impl HttpHostCommands {
+    /// After a clock-skew refusal: the service's `Date` says how far off our clock is.
+    fn learn_clock_offset(&self, operation: &str, server: Option<SystemTime>) {
+        let Some(server) = server else {
+            tracing::warn!(
+                operation,
+                "the service refused the request's time, and its answer has no Date header to correct the clock from; check this host's clock (NTP)"
+            );
+            return;
+        };
+        let now = SystemTime::now();
+        let ms = match server.duration_since(now) {
+            Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
+            Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
+        };
+        self.clock_offset_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            operation,
+            offset_s = ms as f64 / 1000.0,
+            "this host's clock differs from the service's by {:.1}s; signing with the service's time from now on (fix the host's clock: NTP)",
+            ms as f64 / 1000.0
+        );
+    }
+}
+
+/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110's IMF-fixdate).
+pub fn parse_http_date(value: &str) -> Option<SystemTime> {
+    let mut it = value.split_whitespace();
+    let (_weekday, day, month, year, time, zone) = (
+        it.next()?,
+        it.next()?,
+        it.next()?,
+        it.next()?,
+        it.next()?,
+        it.next()?,
+    );
+    if zone != "GMT" || it.next().is_some() {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = i64::try_from(MONTHS.iter().position(|&n| n == month)? + 1).ok()?;
+    let d: i64 = day.parse().ok()?;
+    let y: i64 = year.parse().ok()?;
+    let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (hms.next()??, hms.next()??, hms.next()??);
+    if !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// Request and response shapes (§1.2): PascalCase members, nil members left out.
@@ -660,6 +751,64 @@ mod tests {
             panic!("service error expected");
         };
         assert_eq!(body.len(), MAX_KEPT_BODY);
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
+        );
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 CET"), None);
+        assert_eq!(parse_http_date("yesterday"), None);
+    }
+
+    #[test]
+    fn error_classes() {
+        use crate::control::ErrorClass;
+        let e = |status, code: &str, message: &str| ControlError::Service {
+            code: code.into(),
+            message: message.into(),
+            status,
+            body: String::new(),
+        };
+        assert_eq!(e(400, "ClientException", "").class(), ErrorClass::Rejected);
+        assert_eq!(
+            e(400, "ValidationException", "").class(),
+            ErrorClass::Rejected
+        );
+        assert_eq!(e(400, "ThrottlingException", "").class(), ErrorClass::Retry);
+        assert_eq!(e(408, "RequestTimeout", "").class(), ErrorClass::Retry);
+        assert_eq!(e(503, "Http503Error", "").class(), ErrorClass::Retry);
+        assert_eq!(e(403, "Http403Error", "").class(), ErrorClass::Retry);
+        assert_eq!(e(500, "ServerException", "").class(), ErrorClass::Retry);
+        for code in [
+            "InvalidSignatureException",
+            "ExpiredTokenException",
+            "UnrecognizedClientException",
+        ] {
+            assert_eq!(e(400, code, "").class(), ErrorClass::Refresh, "{code}");
+        }
+        assert_eq!(
+            ControlError::Decode("<html>".into()).class(),
+            ErrorClass::Retry
+        );
+        assert!(
+            e(
+                400,
+                "InvalidSignatureException",
+                "Signature expired: 20260101T000000Z is now earlier than 20260101T000500Z"
+            )
+            .is_clock_skew()
+        );
+        assert!(
+            !e(
+                400,
+                "InvalidSignatureException",
+                "The request signature we calculated does not match"
+            )
+            .is_clock_skew()
+        );
     }
 
     #[test]

@@ -123,15 +123,96 @@ impl ControlError {
         }
     }
 
-    /// Worth retrying: network problems, 5xx, throttling.
+    /// Worth retrying: everything but a definitive rejection ([`ControlError::class`]).
     pub fn is_retryable(&self) -> bool {
+        self.class() != ErrorClass::Rejected
+    }
+
+    /// What a caller that owes the service a result does with this error.
+    ///
+    /// The host-commands model declares only `ClientException` (the request is wrong for the
+    /// service: the command is unknown, finished or not this host's) and `ServerException`;
+    /// the AWS front end adds throttling and the authentication codes. Only a JSON error the
+    /// service itself answered with a 4xx that is not about throttling, time or credentials is
+    /// a definitive rejection; a 408, any 5xx, an answer that is not the service's JSON (a
+    /// proxy's HTML page, a truncated body) and every network failure are transient.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            ControlError::Network(_) => true,
-            ControlError::Service { status, .. } => *status >= 500 || self.is_throttling(),
-            ControlError::Credentials(_) => true,
-            ControlError::Decode(_) => false,
+            ControlError::Network(_) | ControlError::Decode(_) => ErrorClass::Retry,
+            ControlError::Credentials(_) => ErrorClass::Refresh,
+            ControlError::Service { status, code, .. } => {
+                if self.is_throttling() || *status == 408 || *status >= 500 {
+                    ErrorClass::Retry
+                } else if REFRESH_CODES.contains(&code.as_str()) {
+                    ErrorClass::Refresh
+                } else if code.starts_with("Http") && code.ends_with("Error") {
+                    // No error code in the answer: not the service speaking (a proxy, a
+                    // load balancer's page).
+                    ErrorClass::Retry
+                } else {
+                    ErrorClass::Rejected
+                }
+            }
         }
     }
+
+    /// The error code to log with a decision.
+    pub fn code(&self) -> &str {
+        match self {
+            ControlError::Service { code, .. } => code,
+            ControlError::Network(_) => "NetworkError",
+            ControlError::Credentials(_) => "MissingCredentials",
+            ControlError::Decode(_) => "InvalidResponse",
+        }
+    }
+
+    /// A signature refused because this host's clock is off (the client corrects its clock
+    /// offset from the answer's `Date` header).
+    pub fn is_clock_skew(&self) -> bool {
+        match self {
+            ControlError::Service { code, message, .. } => {
+                let m = message.to_ascii_lowercase();
+                matches!(code.as_str(), "RequestTimeTooSkewed" | "RequestExpired")
+                    || (matches!(
+                        code.as_str(),
+                        "InvalidSignatureException" | "SignatureDoesNotMatch"
+                    ) && (m.contains("expired")
+                        || m.contains("time")
+                        || m.contains("date")
+                        || m.contains("skew")))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Service error codes that mean "our signature or credentials are not good right now": clock
+/// skew, an expired or rotated credential. Retried after the clock offset is corrected and
+/// with credentials asked for again (the provider refreshes expired ones).
+pub const REFRESH_CODES: &[&str] = &[
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "RequestTimeTooSkewed",
+    "RequestExpired",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "IncompleteSignatureException",
+    "MissingAuthenticationTokenException",
+    "AccessDeniedException",
+];
+
+/// The three ways a caller reacts to an error ([`ControlError::class`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient: retry with backoff.
+    Retry,
+    /// Signature, clock or credentials: retry once they are refreshed (the next attempt signs
+    /// with the corrected clock and asks the provider again).
+    Refresh,
+    /// The service definitively refused this request: retrying cannot change the answer.
+    Rejected,
 }
 
 /// The four operations the agent calls. Implemented over HTTP by `client::HttpHostCommands`

@@ -15,7 +15,7 @@ use super::backoff::{ThrottleGate, error_backoff, with_jitter};
 use super::notify::Notifier;
 use super::status::Observed;
 use super::tracking::{FAILED_AFTER_RESTART_PAYLOAD, OwedResult, Tracker};
-use crate::control::{ControlError, Envelope, HostCommand, HostCommands, status};
+use crate::control::{ControlError, Envelope, ErrorClass, HostCommand, HostCommands, status};
 use crate::deploy::executor::{
     CommandFailure, EngineSettings, Executor, HookMapping, Progress, SUCCESS_PAYLOAD,
 };
@@ -143,6 +143,15 @@ fn record_progress(observed: &Observed, p: &Progress) {
     }
 }
 
+/// How a call of [`Agent::settle`] ended.
+enum Settled<T> {
+    Accepted(T),
+    /// The service definitively refused it.
+    Rejected(ControlError),
+    /// An immediate shutdown stopped the retries.
+    Interrupted(ControlError),
+}
+
 /// Signals the daemon understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Shutdown {
@@ -164,6 +173,10 @@ pub struct Agent<C> {
     gate: ThrottleGate,
     in_flight: Mutex<HashSet<String>>,
     group_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Deployments whose owed report (from an earlier run) recovery has not settled yet; a new
+    /// command of one of them waits (`command_state`: its start would replace the files).
+    recovering: Mutex<HashSet<String>>,
+    recovery_progress: tokio::sync::Notify,
     /// systemd notifications (a no-op outside systemd).
     pub notifier: Notifier,
     /// When the poll loop last went round; the watchdog pings only while it is recent.
@@ -225,6 +238,8 @@ impl<C: HostCommands + 'static> Agent<C> {
             gate: ThrottleGate::default(),
             in_flight: Mutex::new(HashSet::new()),
             group_locks: Mutex::new(HashMap::new()),
+            recovering: Mutex::new(HashSet::new()),
+            recovery_progress: tokio::sync::Notify::new(),
             notifier: Notifier::from_env(),
             heartbeat: Mutex::new(Instant::now()),
             observed: Arc::new(Observed::new(
@@ -301,9 +316,69 @@ impl<C: HostCommands + 'static> Agent<C> {
         }
     }
 
-    /// Delivers a final report, retrying until the service accepts it. Gives up only on an
-    /// answer that can never change (a client error other than throttling), or when `stop`
-    /// reports an immediate shutdown (the tracking files keep what is owed).
+    /// The one retry policy of every call that reports a result to the service
+    /// (`PutHostCommandComplete`, `PutHostCommandAcknowledgement`): through the throttle gate,
+    /// retried with capped exponential backoff and jitter for as long as the error is
+    /// transient or a matter of clock and credentials ([`ErrorClass`]), until the service
+    /// answers, definitively rejects it, or an immediate shutdown stops it.
+    async fn settle<T, F, Fut>(
+        &self,
+        what: &str,
+        host_command_id: &str,
+        stop: &watch::Receiver<Shutdown>,
+        mut op: F,
+    ) -> Settled<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ControlError>>,
+    {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            self.gate.pass().await;
+            let e = match op().await {
+                Ok(v) => {
+                    self.gate.succeeded();
+                    return Settled::Accepted(v);
+                }
+                Err(e) => e,
+            };
+            if e.is_throttling() {
+                self.gate.throttled(Instant::now());
+            }
+            let class = e.class();
+            if class == ErrorClass::Rejected {
+                return Settled::Rejected(e);
+            }
+            if *stop.borrow() == Shutdown::Immediate {
+                return Settled::Interrupted(e);
+            }
+            let wait = with_jitter(
+                Duration::from_secs(1u64 << attempt.min(6)).min(self.options.report_retry_max),
+                0.2,
+            );
+            tracing::warn!(
+                what,
+                host_command_id,
+                error_code = e.code(),
+                error = %e,
+                attempt,
+                class = ?class,
+                "{what} was not accepted; retrying in {:.1}s",
+                wait.as_secs_f64()
+            );
+            let mut stop = stop.clone();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s == Shutdown::Immediate) => {}
+            }
+        }
+    }
+
+    /// Delivers a final report, retrying until the service accepts it ([`Agent::settle`]).
+    /// True when it is settled (accepted, or definitively rejected: retrying cannot change the
+    /// answer), so its files may go; false when an immediate shutdown stopped it (the files
+    /// keep what is owed for the next start). The decision is logged with the error code.
     async fn report(
         &self,
         host_command_id: &str,
@@ -311,44 +386,39 @@ impl<C: HostCommands + 'static> Agent<C> {
         stop: &watch::Receiver<Shutdown>,
     ) -> bool {
         let envelope = Envelope::json(result.payload.clone());
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            self.gate.pass().await;
-            match self
-                .client
-                .put_host_command_complete(host_command_id, &result.status, Some(&envelope))
-                .await
-            {
-                Ok(()) => {
-                    self.gate.succeeded();
-                    self.observed
-                        .reported(host_command_id, &result.status, &result.payload);
-                    tracing::info!(host_command_id, status = %result.status, "reported");
-                    return true;
-                }
-                Err(e) => {
-                    if e.is_throttling() {
-                        self.gate.throttled(Instant::now());
-                    } else if !e.is_retryable() {
-                        tracing::error!(host_command_id, error = %e, "the service refused the final report; giving up on it");
-                        return true;
-                    }
-                    if *stop.borrow() == Shutdown::Immediate {
-                        tracing::warn!(
-                            host_command_id,
-                            "shutting down before the report was accepted; it is kept for the next start"
-                        );
-                        return false;
-                    }
-                    let wait = with_jitter(
-                        Duration::from_secs(1u64 << attempt.min(6))
-                            .min(self.options.report_retry_max),
-                        0.2,
-                    );
-                    tracing::warn!(host_command_id, error = %e, attempt, "the final report was not accepted; retrying in {:.1}s", wait.as_secs_f64());
-                    tokio::time::sleep(wait).await;
-                }
+        let settled = self
+            .settle("the final report", host_command_id, stop, || {
+                self.client.put_host_command_complete(
+                    host_command_id,
+                    &result.status,
+                    Some(&envelope),
+                )
+            })
+            .await;
+        match settled {
+            Settled::Accepted(()) => {
+                self.observed
+                    .reported(host_command_id, &result.status, &result.payload);
+                tracing::info!(host_command_id, status = %result.status, "reported");
+                true
+            }
+            Settled::Rejected(e) => {
+                tracing::error!(
+                    host_command_id,
+                    error_code = e.code(),
+                    error = %e,
+                    "the service definitively rejected the final report ({}); not retrying it, removing its tracking files",
+                    e.code()
+                );
+                true
+            }
+            Settled::Interrupted(e) => {
+                tracing::warn!(
+                    host_command_id,
+                    error_code = e.code(),
+                    "shutting down before the report was accepted; it is kept for the next start"
+                );
+                false
             }
         }
     }
@@ -356,13 +426,60 @@ impl<C: HostCommands + 'static> Agent<C> {
     /// Sends what earlier runs of the agent still owe (§4.3): a recorded result, or a code-7
     /// failure for a command that was cut off while it ran. Stale files are dropped.
     pub async fn recover(self: &Arc<Self>, stop: &watch::Receiver<Shutdown>) {
+        let owed = self.owed_at_start();
+        self.recover_owed(owed, stop).await;
+    }
+
+    /// What earlier runs owe, with each deployment marked as being recovered.
+    fn owed_at_start(&self) -> Vec<super::command_state::Owed> {
         let owed = match self.tracker.owed() {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, dir = %self.tracker.dir().display(), "Exception thrown during restart recovery");
-                return;
+                return Vec::new();
             }
         };
+        self.recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(owed.iter().map(|o| o.deployment_id.clone()));
+        owed
+    }
+
+    /// Recovery of `deployment_id` is settled (reported, or left for the next start).
+    fn recovered(&self, deployment_id: &str) {
+        self.recovering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(deployment_id);
+        self.recovery_progress.notify_waiters();
+    }
+
+    /// Waits while recovery still owes a report for `deployment_id`.
+    async fn wait_for_recovery(&self, deployment_id: &str) {
+        loop {
+            let progress = self.recovery_progress.notified();
+            if !self
+                .recovering
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(deployment_id)
+            {
+                return;
+            }
+            tracing::info!(
+                deployment_id,
+                "waiting for the report an earlier run owes for this deployment"
+            );
+            progress.await;
+        }
+    }
+
+    async fn recover_owed(
+        self: &Arc<Self>,
+        owed: Vec<super::command_state::Owed>,
+        stop: &watch::Receiver<Shutdown>,
+    ) {
         for o in owed {
             let result = match o.result {
                 Some(r) => r,
@@ -378,8 +495,9 @@ impl<C: HostCommands + 'static> Agent<C> {
                 }
             };
             if self.report(&o.host_command_id, &result, stop).await {
-                self.tracker.accepted(&o.deployment_id);
+                self.tracker.accepted(&o.deployment_id, &o.host_command_id);
             }
+            self.recovered(&o.deployment_id);
         }
     }
 
@@ -388,9 +506,11 @@ impl<C: HostCommands + 'static> Agent<C> {
         let slots = Arc::new(Semaphore::new(self.options.max_concurrent.max(1)));
         let mut tasks: JoinSet<()> = JoinSet::new();
         {
+            // Listed before the first poll, so a command of a deployment still owed waits.
+            let owed = self.owed_at_start();
             let me = Arc::clone(&self);
             let stop = shutdown.clone();
-            tasks.spawn(async move { me.recover(&stop).await });
+            tasks.spawn(async move { me.recover_owed(owed, &stop).await });
         }
         let mut watchdog = JoinSet::new();
         self.spawn_watchdog(&mut watchdog, self.options.watchdog_stale_after);
@@ -564,7 +684,9 @@ impl<C: HostCommands + 'static> Agent<C> {
                 _ = shutdown.changed() => {}
             }
         }
-        // Escalation: stop the hooks, give them the grace period, then KILL what is left.
+        // Escalation: stop the engine's loops (unpack, copies, cleanup) at their next check,
+        // stop the hooks, give them the grace period, then KILL what is left.
+        crate::deploy::cancel::request();
         if let Some(running) = running {
             let n = running.signal_all(nix::sys::signal::Signal::SIGTERM);
             tracing::warn!(scripts = n, "stopping running hook scripts (TERM)");
@@ -659,14 +781,27 @@ impl<C: HostCommands + 'static> Agent<C> {
 
         // Step 4.3: acknowledge.
         let diagnostics = Envelope::json(format!("{{\"IsCommandNoop\":{noop}}}"));
-        let ack = self
-            .call("PutHostCommandAcknowledgement", 4, || {
+        let ack = match self
+            .settle("the acknowledgement", &id, stop, || {
                 self.client
                     .put_host_command_acknowledgement(&id, Some(&diagnostics))
             })
-            .await;
+            .await
+        {
+            Settled::Accepted(status) => Ok(status),
+            Settled::Rejected(e) => Err(e),
+            Settled::Interrupted(e) => {
+                // Nothing ran and nothing is tracked: the service hands the command out again.
+                tracing::warn!(
+                    error_code = e.code(),
+                    "shutting down before the acknowledgement was accepted"
+                );
+                return;
+            }
+        };
         match ack.as_ref().map(|s| s.as_deref()) {
             Err(e) => {
+                tracing::error!(error_code = e.code(), error = %e, "the service rejected the acknowledgement");
                 self.report(&id, &failed(e.to_string()), stop).await;
                 return;
             }
@@ -691,6 +826,7 @@ impl<C: HostCommands + 'static> Agent<C> {
 
         // Steps 4.4–4.6: track, execute, record the result, report until accepted.
         let deployment_id = spec.deployment_id.clone();
+        self.wait_for_recovery(&deployment_id).await;
         if let Err(e) = self.tracker.start(&deployment_id, &id) {
             tracing::error!(error = %e, "cannot write the deployment tracking file; running the command anyway");
         }
@@ -710,6 +846,14 @@ impl<C: HostCommands + 'static> Agent<C> {
                 })
                 .await
         };
+        if result.is_err() && crate::deploy::cancel::requested() {
+            // Cut off by the escalated stop: left Running, so the next start reports it once
+            // (code 7), as after a kill.
+            tracing::warn!(
+                "the command was interrupted by the agent's stop; the next start reports it as failed"
+            );
+            return;
+        }
         let owed = match result {
             Ok(()) => OwedResult {
                 status: status::SUCCEEDED.into(),
@@ -723,11 +867,11 @@ impl<C: HostCommands + 'static> Agent<C> {
                 }
             }
         };
-        if let Err(e) = self.tracker.finish(&deployment_id, &owed) {
+        if let Err(e) = self.tracker.finish(&deployment_id, &id, &owed) {
             tracing::error!(error = %e, "cannot record the command's result before reporting it");
         }
         if self.report(&id, &owed, stop).await {
-            self.tracker.accepted(&deployment_id);
+            self.tracker.accepted(&deployment_id, &id);
         }
     }
 
@@ -1017,6 +1161,7 @@ mod tests {
         a.tracker
             .finish(
                 "d-DONE",
+                "hc-done",
                 &OwedResult {
                     status: "Succeeded".into(),
                     payload: SUCCESS_PAYLOAD.into(),

@@ -183,7 +183,11 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(config)) {
+    let served = runtime.block_on(serve(config));
+    // Blocking engine threads stop at their next cancellation check; never wait for them
+    // without limit (dropping the runtime would).
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match served {
         Ok(()) => {
             tracing::info!("agent exiting now");
             ExitCode::SUCCESS

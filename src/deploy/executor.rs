@@ -265,6 +265,7 @@ impl Executor<'_> {
     ) -> Result<(), CommandFailure> {
         let started = Instant::now();
         tracing::info!(group = %spec.deployment_group_id, "executing command {command}");
+        crate::test_pause::test_panic_point("execute", Some(&spec.deployment_id));
         let result = self.execute_inner(command, spec, mapping, progress);
         let elapsed = started.elapsed().as_secs_f64();
         match &result {

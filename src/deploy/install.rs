@@ -27,6 +27,8 @@ use crate::deploy::plan::{self, InstallPlan, Instruction, PlanError};
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error(transparent)]
+    Cancelled(#[from] crate::deploy::cancel::Cancelled),
+    #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("The deployment failed because a specified file already exists at this location: {}", .0.display())]
     FileExists(PathBuf),
@@ -104,6 +106,7 @@ pub fn cleanup_previous(root: &DeploymentRoot, group_id: &str) -> Result<usize, 
     let entries = parse_cleanup(&bytes);
     let mut walker = DestWalker::new(Trust::now()).map_err(io_err("open", Path::new("/")))?;
     for entry in entries.iter().rev() {
+        crate::deploy::cancel::check()?;
         match entry {
             CleanupEntry::Semanage(path) => permissions::remove_context(path),
             CleanupEntry::Path(path) => remove_installed(&mut walker, path)?,
@@ -444,21 +447,38 @@ impl Pool<'_> {
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
             };
-            let result = match &instructions[n] {
-                Instruction::Copy {
-                    source,
-                    destination,
-                    symlink,
-                } => copy_one(
-                    &mut walker,
-                    source,
-                    destination,
-                    *symlink,
-                    overwritten.contains(&**destination),
-                    preserve_owner,
-                ),
-                _ => Ok(()),
-            };
+            // A panic in a copy must not leave `busy` counted for good (the plan would wait
+            // for it forever): it becomes this copy's error.
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &instructions[n] {
+                    Instruction::Copy {
+                        source,
+                        destination,
+                        symlink,
+                    } => {
+                        crate::test_pause::test_panic_point("install-copy", None);
+                        crate::deploy::cancel::check()?;
+                        copy_one(
+                            &mut walker,
+                            source,
+                            destination,
+                            *symlink,
+                            overwritten.contains(&**destination),
+                            preserve_owner,
+                        )
+                    }
+                    _ => Ok(()),
+                }))
+                .unwrap_or_else(|panic| {
+                    Err(InstallError::Io {
+                        what: "copy (the copy worker panicked)",
+                        path: match &instructions[n] {
+                            Instruction::Copy { destination, .. } => destination.to_path_buf(),
+                            _ => PathBuf::new(),
+                        },
+                        source: io::Error::other(panic_message(&*panic)),
+                    })
+                });
             let mut q = self.lock();
             q.busy -= 1;
             q.done += 1;
@@ -544,6 +564,7 @@ impl Execution<'_> {
         let mut in_flight = false;
         let mut i = 0;
         while i < instructions.len() {
+            crate::deploy::cancel::check()?;
             match &instructions[i] {
                 Instruction::Copy { .. } => {
                     pending.push(i);
@@ -648,6 +669,7 @@ impl Execution<'_> {
             Some(pool) => pool.submit(pending.drain(..)),
             None => {
                 for n in pending.drain(..) {
+                    crate::deploy::cancel::check()?;
                     if let Instruction::Copy {
                         source,
                         destination,
@@ -735,6 +757,15 @@ impl Execution<'_> {
         }
         Ok(i + 1)
     }
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Copies one bundle entry. A symlink is recreated with the same target. A regular file keeps

@@ -250,6 +250,8 @@ pub enum Rejection {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UnpackError {
+    #[error(transparent)]
+    Cancelled(#[from] crate::deploy::cancel::Cancelled),
     #[error(
         "cannot unpack into {}: it exists and is not an empty directory; remove it first",
         target.display()
@@ -614,6 +616,7 @@ impl Cx<'_> {
     /// Counts one archive record against the entry cap.
     fn count_entry(&mut self) -> Result<(), UnpackError> {
         crate::test_pause::test_pause_point("unpack-entry");
+        crate::deploy::cancel::check()?;
         self.entries += 1;
         if self.entries > self.opts.max_entries {
             return Err(UnpackError::TooManyEntries {

@@ -35,9 +35,21 @@ impl Daemon {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_bin(s, fake, &super::bin(), host, extra, env)
+    }
+
+    /// [`Daemon::start_as`] with another agent binary (the release build).
+    pub fn start_bin(
+        s: &Sandbox,
+        fake: &FakeService,
+        bin: &Path,
+        host: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let creds = fake.credentials();
         write_config(s, fake, &format!(":codedeploy_test_profile: beta\n{extra}"));
-        let mut cmd = Command::new(super::bin());
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("-c")
             .arg(s.config())
@@ -102,6 +114,32 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The release build of the agent named by `CODEDEPLOY_AGENT_RELEASE_BIN` (scripts/test builds
+/// it with packaging/build and exports it). Unset: under `CI=true` the test fails; elsewhere it
+/// prints a skip line and returns `None`.
+pub fn release_bin(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("CODEDEPLOY_AGENT_RELEASE_BIN") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "CODEDEPLOY_AGENT_RELEASE_BIN={} is not a file",
+                p.display()
+            );
+            Some(p)
+        }
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "{test}: CODEDEPLOY_AGENT_RELEASE_BIN is not set under CI=true; scripts/test must build the release binary (packaging/build) and export its path"
+        ),
+        None => {
+            eprintln!(
+                "skipped {test}: set CODEDEPLOY_AGENT_RELEASE_BIN to a release build (cargo build --release --bin codedeploy-agent)"
+            );
+            None
+        }
     }
 }
 

@@ -151,6 +151,15 @@ pub enum Fault {
     /// the client gives up or the service stops): each read is quick, the whole never ends.
     /// The request is not applied.
     Trickle(Duration),
+    /// A JSON error answer `{"__type": code, "message": message}` with `status`, the request
+    /// not applied.
+    Reject {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// A non-JSON answer with `status` (a proxy's or load balancer's HTML page).
+    Html(u16),
 }
 
 /// One request as the fake received it.
@@ -255,6 +264,9 @@ struct State {
     max_held_polls: usize,
     stopping: bool,
     request_counter: u64,
+    /// The fake's clock is this many seconds ahead of the real one (negative: behind): it
+    /// checks signatures' times and sends `Date` headers by it.
+    clock_offset_secs: i64,
 }
 
 type Shared = super::shared::Shared<State>;
@@ -467,6 +479,11 @@ impl FakeService {
         });
     }
 
+    /// Sets the fake's clock `secs` ahead of the real one (negative: behind).
+    pub fn set_clock_offset(&self, secs: i64) {
+        self.shared.lock().clock_offset_secs = secs;
+    }
+
     /// The next `times` `PutHostCommandComplete`s hang for `stall` (pick more than the
     /// client's read timeout) and then get their connection closed, unapplied.
     pub fn time_out_completes(&self, times: usize, stall: Duration) {
@@ -663,6 +680,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<HttpRequest> {
 
 enum Answer {
     Respond { status: u16, body: Value },
+    Html { status: u16 },
     Close,
     Reset,
     Trickle(Duration),
@@ -718,8 +736,9 @@ fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
                 };
                 let body = body.to_string();
                 let head = format!(
-                    "HTTP/1.1 {status} {}\r\nx-amzn-RequestId: {request_id}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
+                    "HTTP/1.1 {status} {}\r\nx-amzn-RequestId: {request_id}\r\nDate: {}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
                     reason(status),
+                    http_date(fake_now(shared)),
                     body.len()
                 );
                 if writer.write_all(head.as_bytes()).is_err()
@@ -728,6 +747,24 @@ fn serve_connection(stream: TcpStream, shared: &Arc<Shared>) {
                 {
                     break;
                 }
+                if close {
+                    let _ = writer.shutdown(Shutdown::Both);
+                    break;
+                }
+            }
+            Answer::Html { status } => {
+                let body = format!(
+                    "<html><body><h1>{status} {}</h1></body></html>",
+                    reason(status)
+                );
+                let head = format!(
+                    "HTTP/1.1 {status} {}\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n",
+                    reason(status),
+                    body.len()
+                );
+                let _ = writer.write_all(head.as_bytes());
+                let _ = writer.write_all(body.as_bytes());
+                let _ = writer.flush();
                 if close {
                     let _ = writer.shutdown(Shutdown::Both);
                     break;
@@ -774,6 +811,8 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         403 => "Forbidden",
+        408 => "Request Timeout",
+        502 => "Bad Gateway",
         500 => "Internal Server Error",
         _ => "Unknown",
     }
@@ -811,6 +850,9 @@ fn handle(shared: &Shared, request: HttpRequest) -> Answer {
             record.error = body["__type"].as_str().map(str::to_owned);
         }
     }
+    if let Answer::Html { status } = &answer {
+        record.status = *status;
+    }
     shared.lock().records.push(record);
     shared.changed.notify_all();
     answer
@@ -831,7 +873,7 @@ fn answer(
     body: &Value,
 ) -> Answer {
     let config = shared.lock().config.clone();
-    if let Err((code, message)) = verify_signature(&config, request) {
+    if let Err((code, message)) = verify_signature(&config, request, fake_now(shared)) {
         return reject(403, &code, &message);
     }
     if request.method != "POST" {
@@ -874,6 +916,12 @@ fn answer(
             );
         }
         Some(Fault::Throttle) => return reject(400, "ThrottlingException", "Rate exceeded"),
+        Some(Fault::Reject {
+            status,
+            code,
+            message,
+        }) => return reject(status, &code, &message),
+        Some(Fault::Html(status)) => return Answer::Html { status },
         Some(Fault::Drop) => return Answer::Close,
         Some(Fault::Reset) => return Answer::Reset,
         Some(Fault::Stall(d)) => {
@@ -1061,7 +1109,11 @@ fn parse_authorization(value: &str) -> Result<Authorization, String> {
 }
 
 /// Recomputes the request's SigV4 signature with aws-sigv4. `Err((code, message))` on failure.
-fn verify_signature(config: &FakeConfig, request: &HttpRequest) -> Result<(), (String, String)> {
+fn verify_signature(
+    config: &FakeConfig,
+    request: &HttpRequest,
+    now: SystemTime,
+) -> Result<(), (String, String)> {
     let fail = |code: &str, message: String| Err((code.to_owned(), message));
     let Some(header) = request.header("authorization") else {
         return fail(
@@ -1127,12 +1179,17 @@ fn verify_signature(config: &FakeConfig, request: &HttpRequest) -> Result<(), (S
             "Date in Credential scope does not match YYYYMMDD from X-Amz-Date".into(),
         );
     }
-    let skew = match SystemTime::now().duration_since(time) {
+    let skew = match now.duration_since(time) {
         Ok(d) => d,
         Err(e) => e.duration(),
     };
     if config.max_clock_skew.is_some_and(|max| skew > max) {
-        return fail("InvalidSignatureException", "Signature expired".into());
+        return fail(
+            "InvalidSignatureException",
+            format!(
+                "Signature expired: {amz_date} is now earlier than the service's time minus 5 min."
+            ),
+        );
     }
     let mut signed = Vec::new();
     for name in auth.signed_headers.split(';') {
@@ -1194,6 +1251,43 @@ fn verify_signature(config: &FakeConfig, request: &HttpRequest) -> Result<(), (S
         );
     }
     Ok(())
+}
+
+/// The fake's clock: the real one plus the configured offset.
+fn fake_now(shared: &Shared) -> SystemTime {
+    let offset = shared.lock().clock_offset_secs;
+    let now = SystemTime::now();
+    let d = Duration::from_secs(offset.unsigned_abs());
+    if offset >= 0 { now + d } else { now - d }
+}
+
+/// `t` as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn http_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    format!(
+        "{}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
+        DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)],
+        MONTHS[usize::try_from(m - 1).unwrap_or(0)],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// `YYYYMMDDTHHMMSSZ` as a UTC time.
