@@ -34,7 +34,7 @@ const DEPLOY: [&str; 4] = [
 ];
 
 fn skip() -> bool {
-    !support::signing::openssl_or_skip("crash_consistency")
+    !support::require::openssl()
 }
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {

@@ -31,7 +31,7 @@ fn payload(c: &Complete) -> Value {
 }
 
 fn skip() -> bool {
-    !support::signing::openssl_or_skip("daemon_e2e")
+    !support::require::openssl()
 }
 
 /// A bundle whose hooks log what ran, from which revision.
@@ -753,7 +753,6 @@ fn an_s3_revision_deploys_through_the_daemon() {
         return;
     }
     let Some(moto) = support::moto::Moto::start() else {
-        eprintln!("skipped: moto not installed");
         return;
     };
     let s = Sandbox::new();
