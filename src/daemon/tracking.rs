@@ -191,4 +191,30 @@ mod tests {
         );
         assert!(!tmp.path().join("d-old").exists());
     }
+
+    /// Assertions the mutation run (docs/reliability.md) found missing.
+    #[test]
+    fn owed_reads_only_tracking_files_and_reports_a_broken_dir() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ongoing-deployment");
+        let t = Tracker::new(&dir);
+        assert_eq!(t.dir(), dir);
+        // No directory yet: nothing owed (not an error).
+        assert!(t.owed().expect("a missing dir is empty").is_empty());
+        t.start("d-1", "hc-1").expect("start");
+        let result = OwedResult {
+            status: "Failed".into(),
+            payload: "{}".into(),
+        };
+        t.finish("d-1", &result).expect("finish");
+        // The `.result` file is part of d-1, not a second command.
+        let owed = t.owed().expect("owed");
+        assert_eq!(owed.len(), 1, "{owed:?}");
+        assert_eq!(owed[0].host_command_id, "hc-1");
+        assert_eq!(owed[0].deployment_id, "d-1");
+        // A directory that cannot be read is an error, not "nothing owed".
+        let file = tmp.path().join("not-a-dir");
+        fs::write(&file, b"x").expect("write");
+        assert!(Tracker::new(&file).owed().is_err());
+    }
 }
