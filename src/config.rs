@@ -240,6 +240,10 @@ pub struct Config {
     /// Ours: the daemon waits up to this many milliseconds, at random, before its first poll,
     /// so instances launched together do not poll in lock-step.
     pub startup_jitter_ms: u64,
+    /// Ours, for tests: the longest wait, in milliseconds, between two attempts to deliver a
+    /// final report (the waits double from 2 s up to this). Tests shorten it so "reported
+    /// once" can wait out the whole retry schedule.
+    pub report_retry_max_ms: u64,
     /// Ours: the agent log's size cap and rotated files kept (`log_max_size`, `log_max_files`).
     pub log_rotation: crate::logging::Rotation,
     /// Ours: each deployment's scripts.log (and the deployments log) size cap and rotated
@@ -364,6 +368,7 @@ impl Config {
             hook_wait_for_inherited_output: false,
             hook_kill_grace_seconds: 5,
             startup_jitter_ms: 5000,
+            report_retry_max_ms: 60_000,
             health_endpoint: None,
             log_rotation: DEFAULT_LOG_ROTATION,
             scripts_log_rotation: DEFAULT_SCRIPTS_LOG_ROTATION,
@@ -574,6 +579,7 @@ impl Config {
                 }
                 "hook_kill_grace_seconds" => config.hook_kill_grace_seconds = integer(0)?,
                 "startup_jitter_ms" => config.startup_jitter_ms = integer(0)?,
+                "report_retry_max_ms" => config.report_retry_max_ms = integer(1)?,
                 "log_max_size" | "scripts_log_max_size" => {
                     let bytes = match value {
                         RawValue::Null => None,

@@ -7,6 +7,9 @@
     reason = "test helpers outside #[test] fns panic on set-up failures, which is the point"
 )]
 
+#[path = "support/require.rs"]
+mod require;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -326,10 +329,6 @@ fn opts() -> UnpackOptions {
     UnpackOptions::default()
 }
 
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 /// Runs a hostile bundle: it must fail, name `entry`, leave no target and change nothing else.
 fn hostile(site: &Site, bytes: &[u8], kind: BundleType, o: &UnpackOptions, entry: &str) -> String {
     let bundle = site.bundle(bytes);
@@ -633,12 +632,11 @@ impl Drop for Tmpfs {
 
 #[test]
 fn bombs_are_refused_on_a_real_16_mib_tmpfs() {
-    if !is_root() {
-        println!("skipped: needs root");
+    if !require::root() {
         return;
     }
     let Some(fs16) = Tmpfs::mount() else {
-        println!("skipped: cannot mount tmpfs here");
+        require::missing("a tmpfs mount", "mount -t tmpfs must work for root");
         return;
     };
     let base = fs16.dir.path();
@@ -1001,8 +999,7 @@ fn setuid_bits_are_cleared_unless_allowed() {
 fn tar_owners_are_not_applied_in_the_agents_own_tree() {
     // Issue 12 item 7: an entry owned by a host user would let that user rewrite a hook
     // script a root agent runs; every entry keeps the unpacking user (docs/compatibility.md).
-    if !is_root() {
-        println!("skipped: needs root");
+    if !require::root() {
         return;
     }
     let mut by_id = te(b"by-id", REG, 0o644, b"x");
@@ -1279,7 +1276,8 @@ fn pax_headers_set_path_mtime_and_are_checked() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Interoperability with the tools people build bundles with (skipped where absent).
+// Interoperability with the tools people build bundles with (skipped where absent, except
+// under CI=true: see tests/support/require.rs).
 
 /// A tree with everything a real bundle has: nested dirs, modes, a symlink, a long name, a
 /// non-UTF-8 name, an empty directory.
@@ -1379,7 +1377,10 @@ fn bundles_made_by_gnu_tar_and_info_zip_round_trip() {
             .map(|a| a.replace("{out}", out.to_str().unwrap()))
             .collect();
         if !tool(Command::new(argv[0]).args(&args).current_dir(&src)) {
-            println!("skipped {name}: needs {}", argv[0]);
+            require::missing(
+                &format!("the {} command for {name}", argv[0]),
+                "apt-get install -y tar zip",
+            );
             continue;
         }
         assert_eq!(detect(&out).unwrap(), Some(kind), "{name}");

@@ -159,7 +159,7 @@ fn bundle(s: &Sandbox, rev: usize) -> PathBuf {
 #[test]
 #[ignore = "benchmark: run by benches/run"]
 fn daemon_idle_and_deployments() {
-    if !support::signing::openssl_or_skip("bench_daemon") {
+    if !support::require::openssl() {
         return;
     }
     let bin = std::env::var_os("BENCH_AGENT_BIN").map_or_else(support::bin, PathBuf::from);

@@ -483,11 +483,16 @@ async fn long_poll_answers_as_soon_as_a_command_is_queued() {
 
     fake.set_long_poll(Duration::from_secs(20));
     let cmd = command("hc-lp", "Install", HOST, EXEC);
+    let arrived = fake.arrival_count();
     let enqueuer = {
         let fake = Arc::clone(&fake);
         let cmd = cmd.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
+            // Enqueue while the poll is held: once it has reached the fake.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while fake.arrival_count() == arrived && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             fake.enqueue(HOST, cmd);
         })
     };
@@ -503,7 +508,12 @@ async fn dropping_the_fake_releases_a_held_poll() {
     fake.set_long_poll(Duration::from_secs(60));
     let client = client_for(&fake);
     let poll = tokio::spawn(async move { client.poll_host_command(HOST).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Drop the fake once the poll is held there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.arrival_count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(fake.arrival_count(), 1, "the poll reached the fake");
     let started = Instant::now();
     tokio::task::spawn_blocking(move || drop(fake))
         .await

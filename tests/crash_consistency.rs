@@ -19,7 +19,7 @@ use codedeploy_agent::control::Envelope;
 use nix::sys::signal::Signal;
 use serde_json::json;
 use support::Sandbox;
-use support::daemon::{Daemon, HOST, run_commands, signed, spec_json};
+use support::daemon::{Daemon, HOST, run_commands, signed, spec_json, wait_quiet};
 use support::fake_s3::{FakeS3, S3Faults};
 use support::fake_service::{Complete, FakeService, Fault, TestCredentials, command};
 
@@ -34,7 +34,7 @@ const DEPLOY: [&str; 4] = [
 ];
 
 fn skip() -> bool {
-    !support::signing::openssl_or_skip("crash_consistency")
+    !support::require::openssl()
 }
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -227,12 +227,13 @@ impl Scenario {
         assert!(runs(&self.s).contains(&"ApplicationStart d-2".to_owned()));
     }
 
-    /// Exactly one final report for the cut command, code 7, after a short quiet period.
+    /// Exactly one final report for the cut command, code 7, once the agent has gone quiet
+    /// for longer than its whole report retry schedule.
     fn assert_one_code_7(&self) {
         wait_for("the code-7 report", T, || {
             !completes_for(&self.fake, &self.cut).is_empty()
         });
-        std::thread::sleep(Duration::from_secs(1));
+        wait_quiet(&self.fake, T);
         let c = completes_for(&self.fake, &self.cut);
         assert_eq!(c.len(), 1, "{c:?}");
         assert_eq!(c[0].command_status, "Failed");
@@ -280,7 +281,7 @@ fn kill_after_the_ack_was_accepted() {
     // Nothing ran, so nothing is owed: no report until the service hands the command out
     // again (as it does for a command acknowledged by an agent that went away); then it
     // runs once and is reported once.
-    std::thread::sleep(Duration::from_secs(2));
+    wait_quiet(&sc.fake, T);
     assert!(completes_for(&sc.fake, &cut).is_empty());
     sc.fake.enqueue(
         HOST,
@@ -289,7 +290,7 @@ fn kill_after_the_ack_was_accepted() {
     wait_for("the redelivered command's report", T, || {
         !completes_for(&sc.fake, &cut).is_empty()
     });
-    std::thread::sleep(Duration::from_secs(1));
+    wait_quiet(&sc.fake, T);
     let c = completes_for(&sc.fake, &cut);
     assert_eq!(c.len(), 1, "{c:?}");
     assert_eq!(c[0].command_status, "Succeeded");
@@ -441,8 +442,10 @@ fn kill_before_the_complete_is_accepted() {
     });
     let result = sc.s.root().join("ongoing-deployment/d-1.result");
     wait_for("the recorded result", T, || result.exists());
-    // Let the complete reach the fake, so the kill is really in the middle of the call.
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait until the complete reached the fake, so the kill is really in the middle of the call.
+    wait_for("the complete to arrive", T, || {
+        sc.fake.has_arrived("PutHostCommandComplete", &sc.cut)
+    });
     sc.kill(&mut agent);
     assert!(completes_for(&sc.fake, &sc.cut).is_empty());
     sc.fake.clear_faults();
@@ -451,7 +454,7 @@ fn kill_before_the_complete_is_accepted() {
     wait_for("the report", T, || {
         !completes_for(&sc.fake, &sc.cut).is_empty()
     });
-    std::thread::sleep(Duration::from_secs(1));
+    wait_quiet(&sc.fake, T);
     let c = completes_for(&sc.fake, &sc.cut);
     assert_eq!(c.len(), 1, "{c:?}");
     assert_eq!(c[0].command_status, "Succeeded");

@@ -11,7 +11,7 @@ use codedeploy_agent::control::Envelope;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::Sandbox;
-use support::daemon::{Daemon, HOST, run_commands, signed, spec_json};
+use support::daemon::{Daemon, HOST, run_commands, signed, spec_json, wait_quiet};
 use support::fake_service::{Complete, FakeService, Fault, command};
 
 const T: Duration = Duration::from_secs(60);
@@ -31,7 +31,7 @@ fn payload(c: &Complete) -> Value {
 }
 
 fn skip() -> bool {
-    !support::signing::openssl_or_skip("daemon_e2e")
+    !support::require::openssl()
 }
 
 /// A bundle whose hooks log what ran, from which revision.
@@ -269,7 +269,8 @@ fn script_failures_spec_errors_and_ack_answers() {
         .expect("complete");
     assert_eq!(c.command_status, "Succeeded");
     assert_eq!(payload(&c)["message"], "Succeeded: CompletedNoopCommand");
-    std::thread::sleep(Duration::from_millis(300));
+    // Quiet for longer than the whole report retry schedule: no report for acked-done ever.
+    wait_quiet(&fake, T);
     assert!(!fake_has_complete(&fake, "acked-done"));
 }
 
@@ -382,9 +383,8 @@ fn sigkill_during_a_hook_is_reported_once_with_code_7_after_restart() {
             r#"{"error_code":7,"script_name":"","message":"Failed: Failing in-progress lifecycle event after an agent restart.","log":""}"#
         )
     );
-    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        fake.completes()
+        wait_quiet(&fake, T)
             .iter()
             .filter(|c| c.host_command_identifier == "k-start")
             .count(),
@@ -621,13 +621,13 @@ fn a_command_delivered_twice_while_running_runs_once() {
         command("w-start", "ApplicationStart", HOST, "w/exec/again"),
     );
     assert!(wait_complete(&fake, "w-start"));
-    std::thread::sleep(Duration::from_secs(1));
+    let completes = wait_quiet(&fake, T);
     assert_eq!(
         fs::read_to_string(&counter).expect("ran").lines().count(),
         1
     );
     assert_eq!(
-        fake.completes()
+        completes
             .iter()
             .filter(|c| c.host_command_identifier == "w-start")
             .count(),
@@ -661,7 +661,17 @@ fn a_second_sigterm_stops_hooks_and_the_next_start_reports_exactly_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     agent.signal(Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(300));
+    // The second TERM only after the agent has taken the first (tokio merges deliveries not
+    // yet polled, so a second TERM sent too early is swallowed and the stop stays graceful).
+    let deadline = Instant::now() + T;
+    while !agent.log_text().contains("shutdown requested") {
+        assert!(
+            Instant::now() < deadline,
+            "no shutdown log line:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     agent.signal(Signal::SIGTERM);
     let started = Instant::now();
     agent
@@ -685,9 +695,7 @@ fn a_second_sigterm_stops_hooks_and_the_next_start_reports_exactly_once() {
     // Whatever was not reported before the exit is reported by the next start; once in all.
     let _again = Daemon::start(&s, &fake, "", &[]);
     assert!(wait_complete(&fake, "x-start"));
-    std::thread::sleep(Duration::from_secs(1));
-    let all: Vec<_> = fake
-        .completes()
+    let all: Vec<_> = wait_quiet(&fake, T)
         .into_iter()
         .filter(|c| c.host_command_identifier == "x-start")
         .collect();
@@ -753,7 +761,6 @@ fn an_s3_revision_deploys_through_the_daemon() {
         return;
     }
     let Some(moto) = support::moto::Moto::start() else {
-        eprintln!("skipped: moto not installed");
         return;
     };
     let s = Sandbox::new();

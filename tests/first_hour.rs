@@ -262,8 +262,7 @@ fn readme_first_command(home: &std::path::Path, user: Option<&str>) -> Run {
 
 #[test]
 fn the_readme_first_command_works_for_root_and_two_users_twice_each() {
-    if !support::is_root() {
-        eprintln!("skipped: needs root (creates users)");
+    if !support::require::root() {
         return;
     }
     if std::path::Path::new("/etc/codedeploy-agent/conf/codedeployagent.yml").exists() {
@@ -591,7 +590,7 @@ fn nix_kill(pid: u32) -> std::io::Result<()> {
 
 #[test]
 fn the_daemon_logs_a_failed_command_once() {
-    if !support::signing::openssl_or_skip("first_hour") {
+    if !support::require::openssl() {
         return;
     }
     use support::daemon::{Daemon, run_commands, signed, spec_json};

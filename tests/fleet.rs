@@ -38,7 +38,7 @@ use support::fake_service::{FakeService, command};
 const COMMANDS: [&str; 3] = ["DownloadBundle", "Install", "ApplicationStart"];
 
 fn skip() -> bool {
-    !support::signing::openssl_or_skip("fleet")
+    !support::require::openssl()
 }
 
 fn knob(name: &str, default: u64) -> u64 {

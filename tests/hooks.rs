@@ -1,5 +1,8 @@
 //! Hook execution against real `/bin/sh` scripts in temporary directories.
 
+#[path = "support/require.rs"]
+mod require;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -613,8 +616,7 @@ fn an_event_without_scripts_writes_nothing() {
 
 #[test]
 fn sudo_as_root_changes_nothing() {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: needs root");
+    if !require::root() {
         return;
     }
     let f = fixture();
@@ -665,8 +667,7 @@ impl Drop for TestUser {
 
 #[test]
 fn runas_switches_user_without_su() {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: needs root");
+    if !require::root() {
         return;
     }
     let user = TestUser::create();

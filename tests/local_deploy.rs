@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{Sandbox, is_root};
+use support::Sandbox;
 
 fn appspec(s: &Sandbox, body: &str) -> String {
     format!(
@@ -266,8 +266,7 @@ fn permissions_modes_patterns_and_acls() {
 
 #[test]
 fn owner_and_group_are_applied_when_root() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !support::require::root() {
         return;
     }
     let s = Sandbox::new();

@@ -100,7 +100,7 @@ fn assert_no_secrets(dir: &Path, extra: &[(&str, String)], secrets: &[&str]) {
 }
 
 fn openssl() -> bool {
-    support::signing::openssl_or_skip("logs")
+    support::require::openssl()
 }
 
 #[test]

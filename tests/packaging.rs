@@ -4,6 +4,9 @@
 //! `systemctl` on PATH records what the scripts ask of systemd). The .deb/.rpm listings need
 //! the release binary and are checked by `packaging/build --check-packages` instead.
 
+#[path = "support/require.rs"]
+mod require;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -32,10 +35,13 @@ fn unit_value(unit: &str, key: &str) -> Option<String> {
 
 #[test]
 fn unit_verifies_without_any_output() {
-    let Ok(_) = Command::new("systemd-analyze").arg("--version").output() else {
-        println!("skipped: systemd-analyze not installed");
+    if !require::tool(
+        "systemd-analyze",
+        &["--version"],
+        "apt-get install -y systemd",
+    ) {
         return;
-    };
+    }
     let unit = read(&repo("systemd/codedeploy-agent.service"));
     assert_eq!(
         unit_value(&unit, "ExecStart").as_deref(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use support::daemon::{Daemon, HOST, signed, spec_json};
 use support::fake_service::{FakeService, Fault, command};
-use support::{Run, Sandbox, bin, is_root};
+use support::{Run, Sandbox, bin};
 
 /// Every hardening key of the v2 agent, each set to its non-default value.
 const V2_HARDENING: &str = "\
@@ -95,8 +95,7 @@ fn hooks_never_see_the_agents_aws_credentials() {
 #[test]
 fn an_appspec_environment_cannot_put_credentials_back_for_runas_hooks() {
     // runas hooks of another user go through the same environment function.
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !support::require::root() {
         return;
     }
     let s = Sandbox::new();
@@ -257,8 +256,7 @@ fn deploy_tgz(s: &Sandbox, bundle: &Path) -> Run {
 
 #[test]
 fn ignore_ownership_in_bundle_keeps_the_unpacking_user_as_owner() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !support::require::root() {
         return;
     }
     // The agent's own tree never takes the archive's owners (issue #12 item 7, see
@@ -411,7 +409,7 @@ fn a_group_named_like_the_roots_own_folders_is_refused_and_other_groups_keep_the
 
 #[test]
 fn the_daemon_fails_a_command_of_a_reserved_group_with_a_clear_message_and_keeps_polling() {
-    if !support::signing::openssl_or_skip("security_env") {
+    if !support::require::openssl() {
         return;
     }
     let s = Sandbox::new();
@@ -561,7 +559,7 @@ fn a_second_local_deployment_of_a_group_waits_for_the_first() {
 
 #[test]
 fn a_poll_answer_that_trickles_is_given_up_and_polling_continues() {
-    if !support::signing::openssl_or_skip("security_env") {
+    if !support::require::openssl() {
         return;
     }
     let s = Sandbox::new();
@@ -672,7 +670,7 @@ fn a_github_download_that_trickles_is_given_up_and_retried() {
 
 #[test]
 fn a_daemon_command_waits_for_a_local_deployment_of_its_group() {
-    if !support::signing::openssl_or_skip("security_env") {
+    if !support::require::openssl() {
         return;
     }
     let s = Sandbox::new();
@@ -755,8 +753,7 @@ fn a_daemon_command_waits_for_a_local_deployment_of_its_group() {
 fn a_non_dumpable_agent_cannot_be_read_by_processes_of_its_own_user() {
     // PR_SET_DUMPABLE 0: /proc/<agent>/environ (and mem) belong to root, so even a hook of the
     // agent's own user cannot read the agent's memory or environment.
-    if !is_root() {
-        eprintln!("skipped: needs root (to run the agent as another user)");
+    if !support::require::root() {
         return;
     }
     use std::os::unix::process::CommandExt;

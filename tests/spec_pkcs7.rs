@@ -6,9 +6,7 @@ mod support;
 
 use codedeploy_agent::spec::pkcs7::{Pkcs7Error, verify_signed_content, verify_signed_der};
 use codedeploy_agent::spec::{Revision, parse_envelope};
-use support::signing::{
-    self, CertKind, KeyKind, SignOptions, Tool, openssl_or_skip, sign, sign_spec_pem,
-};
+use support::signing::{self, CertKind, KeyKind, SignOptions, Tool, sign, sign_spec_pem};
 
 const CONTENT: &str = r#"{"DeploymentId":"d-TEST","Token":"ghp_must_not_leak"}"#;
 
@@ -40,7 +38,7 @@ fn full_spec() -> serde_json::Value {
 /// Every combination of key, tool, attributes and encoding verifies and yields the content.
 #[test]
 fn openssl_signatures_verify() {
-    if !openssl_or_skip("openssl_signatures_verify") {
+    if !support::require::openssl() {
         return;
     }
     for key in [KeyKind::Rsa, KeyKind::EcP256, KeyKind::EcP384] {
@@ -74,7 +72,7 @@ fn openssl_signatures_verify() {
 
 #[test]
 fn rsa_digests_verify() {
-    if !openssl_or_skip("rsa_digests_verify") {
+    if !support::require::openssl() {
         return;
     }
     for digest in ["sha1", "sha256", "sha384", "sha512"] {
@@ -98,7 +96,7 @@ fn rsa_digests_verify() {
 /// which ring offers for 2048 bits and up only.
 #[test]
 fn rsa_1024_bit_signers_verify() {
-    if !openssl_or_skip("rsa_1024_bit_signers_verify") {
+    if !support::require::openssl() {
         return;
     }
     for digest in ["sha1", "sha256", "sha512"] {
@@ -118,7 +116,7 @@ fn rsa_1024_bit_signers_verify() {
 
 #[test]
 fn pem_labels_and_bare_base64_are_accepted() {
-    if !openssl_or_skip("pem_labels_and_bare_base64_are_accepted") {
+    if !support::require::openssl() {
         return;
     }
     let cms = String::from_utf8(sign(
@@ -159,7 +157,7 @@ fn pem_labels_and_bare_base64_are_accepted() {
 /// OpenSSL `-stream` output (and Java signers') is BER: indefinite lengths, chunked content.
 #[test]
 fn streamed_ber_signatures_verify() {
-    if !openssl_or_skip("streamed_ber_signatures_verify") {
+    if !support::require::openssl() {
         return;
     }
     let big = format!(
@@ -205,7 +203,7 @@ fn streamed_ber_signatures_verify() {
 
 #[test]
 fn signer_is_found_by_subject_key_identifier_and_among_other_certificates() {
-    if !openssl_or_skip("signer_is_found_by_subject_key_identifier") {
+    if !support::require::openssl() {
         return;
     }
     for key_id in [false, true] {
@@ -227,7 +225,7 @@ fn signer_is_found_by_subject_key_identifier_and_among_other_certificates() {
 /// The AWS agents verify with NOVERIFY: no chain, no dates.
 #[test]
 fn expired_and_self_signed_signers_verify() {
-    if !openssl_or_skip("expired_and_self_signed_signers_verify") {
+    if !support::require::openssl() {
         return;
     }
     for cert in [CertKind::Expired, CertKind::SelfSigned] {
@@ -249,7 +247,7 @@ fn expired_and_self_signed_signers_verify() {
 
 #[test]
 fn reencoding_alone_keeps_the_signature_valid() {
-    if !openssl_or_skip("reencoding_alone_keeps_the_signature_valid") {
+    if !support::require::openssl() {
         return;
     }
     let pem = sign_spec_pem(CONTENT);
@@ -262,7 +260,7 @@ fn reencoding_alone_keeps_the_signature_valid() {
 /// The Ruby agent would use tampered content (it ignores `verify`'s result); we refuse it.
 #[test]
 fn tampered_content_is_rejected() {
-    if !openssl_or_skip("tampered_content_is_rejected") {
+    if !support::require::openssl() {
         return;
     }
     for key in [KeyKind::Rsa, KeyKind::EcP256] {
@@ -303,7 +301,7 @@ fn tampered_content_is_rejected() {
 
 #[test]
 fn corrupted_signature_is_rejected() {
-    if !openssl_or_skip("corrupted_signature_is_rejected") {
+    if !support::require::openssl() {
         return;
     }
     for key in [KeyKind::Rsa, KeyKind::EcP256] {
@@ -328,7 +326,7 @@ fn corrupted_signature_is_rejected() {
 /// A signature by a different key than the embedded certificate's.
 #[test]
 fn signature_by_another_key_is_rejected() {
-    if !openssl_or_skip("signature_by_another_key_is_rejected") {
+    if !support::require::openssl() {
         return;
     }
     let issued = sign_spec_pem(CONTENT);
@@ -366,7 +364,7 @@ use der::Decode as _;
 /// Every SignerInfo must verify, not just one.
 #[test]
 fn every_signer_must_verify() {
-    if !openssl_or_skip("every_signer_must_verify") {
+    if !support::require::openssl() {
         return;
     }
     let rsa = sign_spec_pem(CONTENT);
@@ -408,7 +406,7 @@ fn every_signer_must_verify() {
 /// Algorithms ring (or we) do not implement are named by OID.
 #[test]
 fn unsupported_algorithms_are_named() {
-    if !openssl_or_skip("unsupported_algorithms_are_named") {
+    if !support::require::openssl() {
         return;
     }
     let sha224 = String::from_utf8(sign(
@@ -447,7 +445,7 @@ fn unsupported_algorithms_are_named() {
 
 #[test]
 fn missing_signer_certificate_is_rejected() {
-    if !openssl_or_skip("missing_signer_certificate_is_rejected") {
+    if !support::require::openssl() {
         return;
     }
     for tool in [Tool::Smime, Tool::Cms] {
@@ -550,7 +548,7 @@ fn format_names() {
 
 #[test]
 fn signed_spec_parses_through_the_envelope() {
-    if !openssl_or_skip("signed_spec_parses_through_the_envelope") {
+    if !support::require::openssl() {
         return;
     }
     let pem = sign_spec_pem(&full_spec().to_string());
@@ -599,7 +597,7 @@ fn signed_spec_parses_through_the_envelope() {
 /// agent-behaviour.md §10.2 item 22.
 #[test]
 fn signed_spec_without_deployment_group_name_fails_with_the_aws_message() {
-    if !openssl_or_skip("signed_spec_without_deployment_group_name") {
+    if !support::require::openssl() {
         return;
     }
     let mut spec = full_spec();
@@ -627,7 +625,7 @@ fn signed_spec_without_deployment_group_name_fails_with_the_aws_message() {
 
 #[test]
 fn signed_content_must_be_utf8_json() {
-    if !openssl_or_skip("signed_content_must_be_utf8_json") {
+    if !support::require::openssl() {
         return;
     }
     let pem =
@@ -652,7 +650,7 @@ fn signed_content_must_be_utf8_json() {
 /// Errors never carry the signed content (it can hold a GitHub token).
 #[test]
 fn errors_do_not_leak_the_content() {
-    if !openssl_or_skip("errors_do_not_leak_the_content") {
+    if !support::require::openssl() {
         return;
     }
     let pem = sign_spec_pem(CONTENT);

@@ -7,7 +7,7 @@ mod support;
 use std::process::Command;
 
 use codedeploy_agent::spec::parse_envelope;
-use support::signing::{self, openssl_or_skip, sign_spec_pem};
+use support::signing::{self, sign_spec_pem};
 
 const SPEC: &str = r#"{"DeploymentId":"d-HELPER","DeploymentGroupId":"dg","DeploymentGroupName":"g","ApplicationName":"a","Revision":{"RevisionType":"S3","S3Revision":{"Bucket":"b","Key":"k","BundleType":"tgz"}}}"#;
 
@@ -38,7 +38,7 @@ fn openssl_verify(pem: &str) -> Result<String, String> {
 
 #[test]
 fn helper_output_is_what_openssl_and_the_envelope_accept() {
-    if !openssl_or_skip("helper_output_is_what_openssl_and_the_envelope_accept") {
+    if !support::require::openssl() {
         return;
     }
     let pem = sign_spec_pem(SPEC);
@@ -51,7 +51,7 @@ fn helper_output_is_what_openssl_and_the_envelope_accept() {
 
 #[test]
 fn helper_tampering_is_what_openssl_rejects() {
-    if !openssl_or_skip("helper_tampering_is_what_openssl_rejects") {
+    if !support::require::openssl() {
         return;
     }
     let pem = sign_spec_pem(SPEC);
@@ -91,5 +91,51 @@ fn helper_tampering_is_what_openssl_rejects() {
             .expect_err(name)
             .message;
         assert_eq!(message, we_say, "{name}");
+    }
+}
+
+/// The rule of tests/support/require.rs, on a real test: with `openssl` out of reach (`PATH`
+/// emptied), a child copy of this binary running one openssl test passes with a skip line on a
+/// developer's machine and fails under `CI=true`.
+#[test]
+fn a_missing_tool_skips_on_a_developer_machine_and_fails_under_ci() {
+    let run = |ci: Option<&str>| {
+        let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args([
+            "--exact",
+            "helper_output_is_what_openssl_and_the_envelope_accept",
+            "--test-threads=1",
+        ])
+        .env("PATH", "");
+        match ci {
+            Some(v) => cmd.env("CI", v),
+            None => cmd.env_remove("CI"),
+        };
+        let out = cmd.output().expect("run child");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let line =
+        "skipped: helper_output_is_what_openssl_and_the_envelope_accept: needs the openssl command";
+    let (ok, stdout, stderr) = run(None);
+    assert!(ok && stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(line),
+        "the skip line shows uncaptured:\n{stderr}"
+    );
+    for ci in ["true", "1"] {
+        let (ok, stdout, stderr) = run(Some(ci));
+        assert!(
+            !ok,
+            "CI={ci}: a missing tool must fail the test\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("1 failed"), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains(line) && stdout.contains("CI=true: a test may not skip"),
+            "the failure names the tool:\n{stdout}"
+        );
     }
 }

@@ -112,6 +112,29 @@ mod tests {
     }
 
     #[test]
+    fn random_fractions_are_in_range_and_vary() {
+        let draws: Vec<f64> = (0..64).map(|_| random_fraction()).collect();
+        assert!(draws.iter().all(|f| (0.0..1.0).contains(f)), "{draws:?}");
+        let distinct: std::collections::BTreeSet<u64> = draws.iter().map(|f| f.to_bits()).collect();
+        assert!(distinct.len() > 32, "random, not constant: {draws:?}");
+        // So jitter spreads a fleet: not every retry waits the same.
+        let waits: std::collections::BTreeSet<Duration> = (0..32)
+            .map(|_| with_jitter(Duration::from_secs(10), 0.2))
+            .collect();
+        assert!(waits.len() > 16, "{waits:?}");
+    }
+
+    #[tokio::test]
+    async fn pass_waits_while_the_gate_is_closed() {
+        let gate = ThrottleGate::default();
+        let open = tokio::time::timeout(Duration::from_millis(500), gate.pass()).await;
+        assert!(open.is_ok(), "an open gate lets the call through at once");
+        gate.throttled(Instant::now());
+        let closed = tokio::time::timeout(Duration::from_millis(100), gate.pass()).await;
+        assert!(closed.is_err(), "a closed gate holds the call");
+    }
+
+    #[test]
     fn the_gate_closes_on_throttling_and_grows() {
         let gate = ThrottleGate::default();
         let now = Instant::now();

@@ -284,6 +284,7 @@ async fn serve(config: Config) -> Result<(), String> {
         shutdown_wait: Duration::from_secs(config.kill_agent_max_wait_time_seconds),
         kill_grace: Duration::from_secs(config.hook_kill_grace_seconds),
         startup_jitter: Duration::from_millis(config.startup_jitter_ms),
+        report_retry_max: Duration::from_millis(config.report_retry_max_ms),
         ..DaemonOptions::default()
     };
     let tracker = Tracker::new(root.ongoing_dir(&config.ongoing_deployment_tracking));

@@ -498,6 +498,11 @@ fn run_with_stdin(program: &str, args: &[&str], input: &str) -> Result<(), Permi
     Ok(())
 }
 
+/// The tests' one rule for a missing tool (skip on a developer's machine, fail under `CI=true`).
+#[cfg(test)]
+#[path = "../../tests/support/require.rs"]
+mod require;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,11 +607,15 @@ mod tests {
                     ]
                 );
             }
-            // tmpfs without ACL support, or a kernel without it: nothing to check here.
+            // tmpfs without ACL support, or a kernel without it: nothing to check here, except
+            // under CI=true, where that is a failure.
             Err(PermissionError::Acl { reason, .. })
                 if reason.contains("Operation not supported") =>
             {
-                eprintln!("skipped: file system has no POSIX ACL support");
+                super::require::missing(
+                    "POSIX ACL support on the temporary directory's file system",
+                    "a kernel and file system with ACLs",
+                );
             }
             Err(e) => panic!("{e}"),
         }

@@ -143,11 +143,28 @@ pub fn release_bin(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// The longest wait between two attempts at a final report in the tests' agents
+/// (`report_retry_max_ms`; 60 s by default).
+pub const REPORT_RETRY_MAX: Duration = Duration::from_millis(200);
+
+/// How long the agent must send no final report before a test calls it quiet: longer than any
+/// wait between two report attempts ([`REPORT_RETRY_MAX`] plus 20% jitter) with room for the
+/// call itself, so a late second report cannot hide behind it.
+pub const QUIET: Duration = Duration::from_millis(1500);
+
+/// Waits until the agent has gone quiet ([`FakeService::wait_quiet`] with [`QUIET`]), then
+/// returns the accepted completes; panics after `timeout`.
+pub fn wait_quiet(fake: &FakeService, timeout: Duration) -> Vec<Complete> {
+    fake.wait_quiet(QUIET, timeout)
+}
+
 /// The daemon config the tests use: the fake's endpoint, `<sandbox>/pid`, no waits or jitter,
-/// a 1 s hook kill grace, no on-premises config, then `extra`.
+/// a 1 s hook kill grace, report retries at most [`REPORT_RETRY_MAX`] apart, no on-premises
+/// config, then `extra`.
 pub fn write_config(s: &Sandbox, fake: &FakeService, extra: &str) {
     s.write_config(&format!(
-        ":deploy_control_endpoint: {url}\n:pid_dir: {pid}\n:wait_between_runs: 0\n:startup_jitter_ms: 0\n:hook_kill_grace_seconds: 1\n:on_premises_config_file: {none}\n{extra}",
+        ":deploy_control_endpoint: {url}\n:pid_dir: {pid}\n:wait_between_runs: 0\n:startup_jitter_ms: 0\n:hook_kill_grace_seconds: 1\n:report_retry_max_ms: {retry}\n:on_premises_config_file: {none}\n{extra}",
+        retry = REPORT_RETRY_MAX.as_millis(),
         url = fake.url(),
         pid = s.path().join("pid").display(),
         none = s.path().join("no-onprem.yml").display(),

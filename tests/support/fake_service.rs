@@ -256,6 +256,8 @@ struct State {
     first_polls: HashMap<String, Instant>,
     /// When each request arrived (a held poll is in here before it is answered and recorded).
     arrivals: Vec<Instant>,
+    /// The operation and raw body of every request as it arrived (before it is answered).
+    arrived: Vec<(String, String)>,
     /// Connections being served right now, and the most there ever were at once.
     open_connections: usize,
     max_open_connections: usize,
@@ -435,6 +437,16 @@ impl FakeService {
         self.shared.lock().arrivals.len()
     }
 
+    /// Whether a request for `operation` whose body contains `needle` has arrived, answered
+    /// or still being answered (a stalled call is seen here at once, in `requests` only later).
+    pub fn has_arrived(&self, operation: &str, needle: &str) -> bool {
+        self.shared
+            .lock()
+            .arrived
+            .iter()
+            .any(|(op, body)| op == operation && body.contains(needle))
+    }
+
     /// Commands still queued for `host`.
     pub fn queued(&self, host: &str) -> usize {
         self.shared.lock().queues.get(host).map_or(0, VecDeque::len)
@@ -534,6 +546,49 @@ impl FakeService {
                 .shared
                 .changed
                 .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits until the agent has gone quiet: no `PutHostCommandComplete` has arrived (answered
+    /// or not) for `quiet`, and a poll arrived after the last one (the loop went round). Pick
+    /// `quiet` longer than the agent's whole wait between report attempts. Returns the
+    /// accepted completes; panics with the request log after `timeout`.
+    pub fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> Vec<Complete> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            let now = Instant::now();
+            let last_complete = state
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.operation == "PutHostCommandComplete")
+                .map(|r| r.at);
+            let polled_after = state.records.iter().any(|r| {
+                r.operation == "PollHostCommand" && last_complete.is_none_or(|at| r.at > at)
+            });
+            let quiet_for = last_complete.map_or(quiet, |at| now.saturating_duration_since(at));
+            if quiet_for >= quiet && polled_after {
+                return state.completes.clone();
+            }
+            if now >= deadline {
+                panic!(
+                    "the agent did not go quiet for {quiet:?} within {timeout:?}; requests:\n{}",
+                    state
+                        .records
+                        .iter()
+                        .map(|r| format!("{} {} {}", r.operation, r.status, r.raw_body))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            let wake = (quiet - quiet_for.min(quiet)).max(Duration::from_millis(10));
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, wake.min(deadline - now))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -842,7 +897,14 @@ fn handle(shared: &Shared, request: HttpRequest) -> Answer {
         status: 0,
         error: None,
     };
-    shared.lock().arrivals.push(record.at);
+    {
+        let mut state = shared.lock();
+        state.arrivals.push(record.at);
+        state
+            .arrived
+            .push((operation.clone(), record.raw_body.clone()));
+    }
+    shared.changed.notify_all();
     let answer = answer(shared, &request, &target, &operation, &body);
     if let Answer::Respond { status, body } = &answer {
         record.status = *status;

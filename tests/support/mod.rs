@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod fake_codedeploy;
 pub mod fake_service;
 pub mod moto;
+pub mod require;
 pub mod shared;
 pub mod signing;
 
@@ -180,7 +181,8 @@ impl Run {
     }
 }
 
-/// True when the tests run as root (CI does); tests needing it print a skip line otherwise.
+/// True when the tests run as root (CI does). A test that needs root asks [`require::root`],
+/// which skips or (under `CI=true`) fails; this only probes.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -1,7 +1,7 @@
 //! A moto_server on 127.0.0.1 for S3 tests: started on a free port in its own process group,
-//! killed (and checked gone) on drop. Tests call [`Moto::start`] and skip with
-//! "skipped: moto not installed" when it returns `None` (`scripts/test` installs moto, so CI
-//! runs them).
+//! killed (and checked gone) on drop. Tests call [`Moto::start`] and return when it gives
+//! `None` (moto missing: a skip line on a developer's machine, a failure under `CI=true`;
+//! `scripts/test` installs moto).
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -43,10 +43,10 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts moto, or prints the skip line and returns `None` when moto is not installed.
+    /// Starts moto; `None` when moto is not installed, after [`super::require::moto`] printed
+    /// the skip line (under `CI=true` it fails the test instead).
     pub fn start() -> Option<Self> {
-        if !available() {
-            println!("skipped: moto not installed");
+        if !super::require::moto() {
             return None;
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()

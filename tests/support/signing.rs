@@ -5,7 +5,8 @@
 //!
 //! Keys and certificates are made once per test process and kept in memory; each signing runs
 //! in its own temporary directory. Everything needs the `openssl` command: call
-//! [`openssl_or_skip`] first and return early when it says so.
+//! [`super::require::openssl`] first and return early when it says false (under `CI=true` it
+//! fails the test instead).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -88,22 +89,6 @@ impl Default for SignOptions {
             stream: false,
         }
     }
-}
-
-/// True when `openssl` can be run; otherwise prints `skipped: needs the openssl command` for
-/// `test` and returns false.
-pub fn openssl_or_skip(test: &str) -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    let available = *AVAILABLE.get_or_init(|| {
-        Command::new("openssl")
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !available {
-        println!("{test}: skipped: needs the openssl command (apt-get install -y openssl)");
-    }
-    available
 }
 
 /// `json` signed with RSA/SHA-256 by a signer issued by a throw-away CA, as PEM `PKCS7`.
