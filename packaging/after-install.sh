@@ -65,13 +65,14 @@ in_flight() {
     [ -d "$dir" ] && [ -n "$(ls -A "$dir" 2>/dev/null)" ]
 }
 
-# The codedeploy-local names (the binary dispatches on argv[0]). The .deb ships them as
+# The codedeploy-local names (the binary dispatches on argv[0]) and codedeploy-agent on PATH. The .deb ships them as
 # symlinks; cargo-generate-rpm cannot express symlinks, so they are made here for every
 # installer; before-remove.sh removes them on erase.
 r=${root%/}
 mkdir -p "$r/usr/bin"
 ln -sfn codedeploy-agent "$r/opt/codedeploy-agent/bin/codedeploy-local"
 ln -sfn /opt/codedeploy-agent/bin/codedeploy-agent "$r/usr/bin/codedeploy-local"
+ln -sfn /opt/codedeploy-agent/bin/codedeploy-agent "$r/usr/bin/codedeploy-agent"
 
 if ! command -v systemctl >/dev/null 2>&1; then
     say "systemctl not found: start /opt/codedeploy-agent/bin/codedeploy-agent run yourself"

@@ -15,8 +15,8 @@ if command -v systemctl >/dev/null 2>&1; then
         systemctl disable codedeploy-agent.service || true
     fi
 fi
-# The rpm does not own the codedeploy-local symlinks (after-install.sh made them).
-for link in /usr/bin/codedeploy-local /opt/codedeploy-agent/bin/codedeploy-local; do
+# The rpm does not own the codedeploy-local and /usr/bin symlinks (after-install.sh made them).
+for link in /usr/bin/codedeploy-local /usr/bin/codedeploy-agent /opt/codedeploy-agent/bin/codedeploy-local; do
     [ -L "$link" ] && rm -f "$link"
 done
 exit 0

@@ -4,6 +4,7 @@
 #   /opt/codedeploy-agent/bin/codedeploy-agent
 #   /opt/codedeploy-agent/bin/codedeploy-local -> codedeploy-agent
 #   /usr/bin/codedeploy-local -> /opt/codedeploy-agent/bin/codedeploy-agent
+#   /usr/bin/codedeploy-agent -> /opt/codedeploy-agent/bin/codedeploy-agent
 #   /etc/codedeploy-agent/conf/codedeployagent.yml   (an existing one is kept)
 #   /usr/lib/systemd/system/codedeploy-agent.service
 # (the codedeploy-local symlinks are made by after-install.sh, as for the .rpm), then enables the unit and starts the agent, or on an upgrade restarts it when no deployment

@@ -310,6 +310,10 @@ fn install_sh_lays_out_exactly_the_aws_files() {
             "usr/bin/codedeploy-local",
             "-> /opt/codedeploy-agent/bin/codedeploy-agent",
         ),
+        (
+            "usr/bin/codedeploy-agent",
+            "-> /opt/codedeploy-agent/bin/codedeploy-agent",
+        ),
         ("usr/lib/systemd/system/codedeploy-agent.service", "644"),
     ]
     .into_iter()
@@ -349,7 +353,7 @@ fn reinstall_keeps_a_modified_config_and_does_not_reenable() {
     assert!(said.contains("keeping your"), "{said}");
     // An upgrade leaves the enablement as the administrator had it.
     assert_eq!(s.take_calls(), Vec::<String>::new());
-    assert_eq!(tree(&s.root()).len(), 5);
+    assert_eq!(tree(&s.root()).len(), 6);
 }
 
 #[test]

@@ -207,7 +207,7 @@ pub enum ClientBuildError {
     },
     #[error("invalid agent version {0:?}: not a valid HTTP header value")]
     AgentVersion(String),
-    #[error("cannot build the HTTP client: {0}")]
+    #[error("cannot build the HTTP client for the CodeDeploy endpoint: {}", crate::control::identity::tls_client_error(.0))]
     Http(#[source] reqwest::Error),
 }
 
@@ -265,7 +265,16 @@ impl HttpHostCommands {
                 })?;
             builder = builder.proxy(proxy);
         }
-        let http = builder.build().map_err(ClientBuildError::Http)?;
+        // A plain-http endpoint (a local service, tests) needs no trust store, unless an https
+        // proxy is in the way.
+        let plain_http = url.scheme() == "http"
+            && config
+                .proxy_uri
+                .as_deref()
+                .is_none_or(|p| p.starts_with("http://"));
+        let http = crate::control::identity::http_only(builder, plain_http)
+            .build()
+            .map_err(ClientBuildError::Http)?;
         Ok(Self {
             http,
             config,

@@ -6,7 +6,7 @@
 //! settings into `ENV` and then reads them back, [`resolve`] takes them from the typed
 //! [`OnPremConfig`] with the same precedence.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -64,8 +64,12 @@ pub enum ImdsError {
         #[source]
         source: serde_json::Error,
     },
-    /// The HTTP client could not be built (TLS backend initialisation).
-    #[error("could not build the metadata service HTTP client: {source}")]
+    /// The HTTP client could not be built (TLS backend initialisation). Built at the first
+    /// request, so a configuration that never asks IMDS (on-premises) never meets this.
+    #[error(
+        "could not build the metadata service HTTP client: {}",
+        tls_client_error(source)
+    )]
     Client {
         #[source]
         source: reqwest::Error,
@@ -82,6 +86,47 @@ pub struct IdentityDocument {
     pub account_id: String,
     #[serde(default)]
     pub instance_id: String,
+}
+
+/// What building a reqwest client failed on, with its whole chain of causes (reqwest's own
+/// text is only "builder error"). When the cause is an empty trust store (a minimal root
+/// without the `ca-certificates` package), says where certificates were looked for and what
+/// to install.
+pub fn tls_client_error(e: &reqwest::Error) -> String {
+    let chain = crate::revision::s3::error_chain(e);
+    if !chain.contains("No CA certificates were loaded") {
+        return chain;
+    }
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let looked = match (var("SSL_CERT_FILE"), var("SSL_CERT_DIR")) {
+        (None, None) => "the system trust store (/etc/ssl/certs/ca-certificates.crt, \
+                         /etc/pki/tls/certs/ca-bundle.crt and the other usual places)"
+            .to_owned(),
+        (file, dir) => [
+            file.map(|f| format!("SSL_CERT_FILE={f}")),
+            dir.map(|d| format!("SSL_CERT_DIR={d}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", "),
+    };
+    format!(
+        "no CA certificates found in {looked}: install the ca-certificates package \
+         (apt-get install ca-certificates, or dnf/yum install ca-certificates) or point \
+         SSL_CERT_FILE at a PEM bundle ({chain})"
+    )
+}
+
+/// A reqwest builder that needs no trust store when `plain_http` (every URL it will be given
+/// is `http://`): its TLS configuration then has no roots instead of the system's, so a
+/// machine without CA certificates can still build it.
+pub fn http_only(builder: reqwest::ClientBuilder, plain_http: bool) -> reqwest::ClientBuilder {
+    if plain_http {
+        builder.tls_certs_only(Vec::<reqwest::Certificate>::new())
+    } else {
+        builder
+    }
 }
 
 /// Installs ring as the process-wide rustls provider (reqwest is built with
@@ -147,24 +192,18 @@ impl ImdsBuilder {
         self
     }
 
+    /// The client; its HTTP client is built at the first request (an on-premises host never
+    /// asks IMDS, so it never builds one).
     pub fn build(self) -> Result<Imds, ImdsError> {
-        install_crypto_provider();
         let endpoint = self
             .endpoint
             .or_else(|| std::env::var(IMDS_ENDPOINT_ENV).ok())
             .filter(|e| !e.trim().is_empty())
             .unwrap_or_else(|| DEFAULT_IMDS_ENDPOINT.to_owned());
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(self.timeout)
-            .read_timeout(self.timeout)
-            // Each request as a whole, so a trickling answer cannot stall the identity.
-            .timeout(self.timeout)
-            .build()
-            .map_err(|source| ImdsError::Client { source })?;
         Ok(Imds {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
-            http,
+            http: Arc::new(OnceLock::new()),
+            timeout: self.timeout,
             disable_v1: self.disable_v1,
             retry_delays: self.retry_delays,
             token: Arc::new(Mutex::new(None)),
@@ -178,7 +217,8 @@ impl ImdsBuilder {
 #[derive(Clone)]
 pub struct Imds {
     endpoint: String,
-    http: reqwest::Client,
+    http: Arc<OnceLock<reqwest::Client>>,
+    timeout: Duration,
     disable_v1: bool,
     retry_delays: [Duration; 2],
     token: Arc<Mutex<Option<String>>>,
@@ -361,14 +401,37 @@ impl Imds {
         }
     }
 
+    /// The HTTP client, built on first use. IMDS is plain http (the default endpoint): then
+    /// it needs no trust store.
+    fn http(&self) -> Result<&reqwest::Client, ImdsError> {
+        if let Some(client) = self.http.get() {
+            return Ok(client);
+        }
+        install_crypto_provider();
+        let builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(self.timeout)
+            .read_timeout(self.timeout)
+            // Each request as a whole, so a trickling answer cannot stall the identity.
+            .timeout(self.timeout);
+        let client = http_only(builder, self.endpoint.starts_with("http://"))
+            .build()
+            .map_err(|source| ImdsError::Client { source })?;
+        Ok(self.http.get_or_init(|| client))
+    }
+
     async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> Attempt {
         let url = format!("{}{path}", self.endpoint);
+        let http = match self.http() {
+            Ok(http) => http,
+            Err(e) => return Attempt::Failed(e),
+        };
         let method_name = if method == reqwest::Method::PUT {
             "PUT"
         } else {
             "GET"
         };
-        let mut req = self.http.request(method, &url);
+        let mut req = http.request(method, &url);
         if path == TOKEN_PATH {
             req = req.header(
                 "X-aws-ec2-metadata-token-ttl-seconds",

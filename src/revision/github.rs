@@ -9,6 +9,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -76,7 +77,8 @@ impl std::fmt::Debug for GitHubArchive<'_> {
 /// Downloads GitHub archives with one shared HTTP client.
 #[derive(Debug, Clone)]
 pub struct GitHubFetcher {
-    client: reqwest::Client,
+    client: Arc<OnceLock<reqwest::Client>>,
+    proxy: Option<String>,
     handle: Handle,
     base_url: String,
     retry_delays: Vec<Duration>,
@@ -93,8 +95,29 @@ enum Attempt {
 }
 
 impl GitHubFetcher {
-    /// A fetcher for api.github.com, through `proxy` (`proxy_uri`) when given.
+    /// A fetcher for api.github.com, through `proxy` (`proxy_uri`) when given. The HTTP
+    /// client (and the trust store it needs) is built at the first download: a host that
+    /// never deploys from GitHub never builds it.
     pub fn new(proxy: Option<&str>, handle: Handle) -> Result<Self, GitHubFetchError> {
+        if let Some(proxy) = proxy {
+            reqwest::Proxy::all(proxy).map_err(|e| {
+                GitHubFetchError::Setup(format!("proxy_uri {proxy} is not usable: {e}"))
+            })?;
+        }
+        Ok(Self {
+            client: Arc::new(OnceLock::new()),
+            proxy: proxy.map(str::to_owned),
+            handle,
+            base_url: GITHUB_API.into(),
+            retry_delays: RETRY_DELAYS.to_vec(),
+            throughput: super::ThroughputFloor::DEFAULT,
+        })
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, GitHubFetchError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
         // reqwest is built without a default crypto provider; ring is the binary's one. A
         // second install attempt (another client in this process) fails harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -102,7 +125,7 @@ impl GitHubFetcher {
             .user_agent(format!("codedeploy-agent/{}", crate::VERSION))
             .redirect(reqwest::redirect::Policy::limited(10))
             .connect_timeout(Duration::from_secs(30));
-        if let Some(proxy) = proxy {
+        if let Some(proxy) = &self.proxy {
             let proxy = reqwest::Proxy::all(proxy).map_err(|e| {
                 GitHubFetchError::Setup(format!("proxy_uri {proxy} is not usable: {e}"))
             })?;
@@ -110,14 +133,8 @@ impl GitHubFetcher {
         }
         let client = builder
             .build()
-            .map_err(|e| GitHubFetchError::Setup(super::s3::error_chain(&e)))?;
-        Ok(Self {
-            client,
-            handle,
-            base_url: GITHUB_API.into(),
-            retry_delays: RETRY_DELAYS.to_vec(),
-            throughput: super::ThroughputFloor::DEFAULT,
-        })
+            .map_err(|e| GitHubFetchError::Setup(crate::control::identity::tls_client_error(&e)))?;
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// Points the fetcher at another API root (tests use a local server).
@@ -200,7 +217,7 @@ impl GitHubFetcher {
     }
 
     async fn attempt(&self, url: &str, token: Option<&str>, dest: &Path) -> Result<u64, Attempt> {
-        let mut request = self.client.get(url);
+        let mut request = self.client().map_err(Attempt::Fatal)?.get(url);
         if let Some(token) = token {
             let mut value = HeaderValue::from_str(&format!("token {token}")).map_err(|_| {
                 Attempt::Fatal(GitHubFetchError::Setup(

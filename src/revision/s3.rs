@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -222,7 +222,11 @@ pub struct Downloaded {
 /// Downloads S3 bundles with one shared SDK client.
 #[derive(Debug, Clone)]
 pub struct S3Fetcher {
-    client: Client,
+    /// Built at the first download from `conf`: the SDK builds its TLS connector (and reads
+    /// the trust store) when the client is made, and a host that never deploys from S3 must
+    /// not need one.
+    client: Arc<OnceLock<Client>>,
+    conf: aws_sdk_s3::Config,
     handle: Handle,
     settings: S3Settings,
     endpoint: Option<String>,
@@ -258,7 +262,8 @@ impl S3Fetcher {
                 .force_path_style(host_is_ip_or_localhost(url));
         }
         Ok(Self {
-            client: Client::from_conf(builder.build()),
+            client: Arc::new(OnceLock::new()),
+            conf: builder.build(),
             handle,
             settings,
             endpoint,
@@ -320,8 +325,12 @@ impl S3Fetcher {
     /// Downloads `object` to `dest` (replacing a file or symlink there, never writing through
     /// it). Blocks the calling thread.
     pub fn download(&self, object: &S3Object, dest: &Path) -> Result<Downloaded, S3FetchError> {
+        let client = self
+            .client
+            .get_or_init(|| Client::from_conf(self.conf.clone()))
+            .clone();
         let target = Arc::new(Target {
-            client: self.client.clone(),
+            client,
             bucket: object.bucket.to_owned(),
             key: object.key.to_owned(),
             version: object.version.map(str::to_owned),

@@ -3,7 +3,7 @@
 //!
 //! ```ignore
 //! let netns = Netns::new()?;                        // loopback only; nothing else exists in it
-//! let fake = netns.run(FakeService::start);         // the fake listens inside that namespace
+//! let fake = netns.start(FakeService::start);       // listens (and is dropped) in that namespace
 //! let mut m = Machine::new("system", netns)?;       // a fresh copy of the cached root
 //! m.offline("apt-get install -y --no-download /root/pkg.deb").ok();  // "image build": no systemd
 //! m.write("/etc/codedeploy-agent/conf/codedeployagent.yml", &agent_config(&fake.url()), 0o644);
@@ -259,6 +259,46 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Like [`Netns::run`], for a value that must also be dropped inside the namespace (a
+    /// fake whose drop connects to its own listener to wake it): derefs to the value.
+    pub fn start<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> InNetns<T> {
+        InNetns {
+            value: Some(self.run(f)),
+            fd: self.fd.try_clone().expect("dup the netns fd"),
+        }
+    }
+}
+
+/// A value made in a [`Netns`] and dropped there ([`Netns::start`]).
+pub struct InNetns<T: Send + 'static> {
+    value: Option<T>,
+    fd: OwnedFd,
+}
+
+impl<T: Send + 'static> std::ops::Deref for InNetns<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.value.as_ref().expect("value")
+    }
+}
+
+impl<T: Send + 'static> Drop for InNetns<T> {
+    fn drop(&mut self) {
+        let Some(value) = self.value.take() else {
+            return;
+        };
+        let fd = self.fd.as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+                drop(value);
+            });
+        });
+    }
+}
+
 /// `ip link set lo up` for the calling thread's namespace.
 fn loopback_up() -> io::Result<()> {
     // SAFETY: a plain socket and two ioctls on a zeroed ifreq naming "lo".
@@ -476,14 +516,25 @@ impl Machine {
             std::thread::sleep(Duration::from_millis(20));
         };
         self.booted = Some(Booted { nspawn, leader });
-        let state = self.sh("timeout 120 systemctl is-system-running --wait");
-        let state = state.stdout.trim().to_owned();
+        // Right after exec, systemd's bus is not up yet and systemctl fails at once without
+        // printing a state: retry until it prints one (after waiting for the boot to finish).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (state, out) = loop {
+            let out = self.sh("timeout 120 systemctl is-system-running --wait");
+            let state = out.stdout.trim().to_owned();
+            if !state.is_empty() || Instant::now() > deadline {
+                break (state, out);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         if state != "running" && state != "degraded" {
             let failed =
                 self.sh("systemctl --failed --no-legend; journalctl -b --no-pager | tail -n 50");
             return Err(format!(
-                "the machine did not come up (state {state:?}):\n{}",
-                failed.stdout
+                "the machine did not come up (state {state:?}; {}):\n{}{}",
+                out.stderr.trim(),
+                failed.stdout,
+                failed.stderr
             ));
         }
         Ok(())
@@ -552,8 +603,8 @@ impl Machine {
         let conf = self.read(CONFIG_PATH).unwrap_or_default();
         let endpoint = conf
             .lines()
-            .filter_map(|l| l.trim().strip_prefix(":deploy_control_endpoint:"))
-            .last()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(":deploy_control_endpoint:"))
             .map(str::trim)
             .unwrap_or_default()
             .to_owned();
@@ -568,7 +619,7 @@ impl Machine {
         );
         let devices = self
             .netns
-            .run(|| fs::read_to_string("/proc/self/net/dev").unwrap_or_default());
+            .run(|| fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default());
         let names: Vec<&str> = devices
             .lines()
             .skip(2)
@@ -602,6 +653,9 @@ impl Drop for Machine {
             return;
         }
         let _ = fs::remove_dir_all(&self.dir);
+        for boot in 1..=self.boots {
+            let _ = fs::remove_file(self.dir.with_extension(format!("boot{boot}.log")));
+        }
     }
 }
 
