@@ -273,11 +273,19 @@ fn ignore_ownership_in_bundle_keeps_the_unpacking_user_as_owner() {
     let unpacked = |run: &Run| Sandbox::deployment_dir(run).join("deployment-archive/app/data.txt");
     let run = deploy_tgz(&s, &b);
     run.assert_ok();
-    assert_eq!(fs::metadata(unpacked(&run)).expect("stat").uid(), 0, "key off");
+    assert_eq!(
+        fs::metadata(unpacked(&run)).expect("stat").uid(),
+        0,
+        "key off"
+    );
     s.write_config("ignore_ownership_in_bundle: true\n");
     let run = deploy_tgz(&s, &b);
     run.assert_ok();
-    assert_eq!(fs::metadata(unpacked(&run)).expect("stat").uid(), 0, "key on");
+    assert_eq!(
+        fs::metadata(unpacked(&run)).expect("stat").uid(),
+        0,
+        "key on"
+    );
 }
 
 #[test]
