@@ -423,11 +423,24 @@ impl Machine {
     }
 
     /// Copies a host file into the machine.
+    /// A booted machine may have a tmpfs on `/tmp` (and other paths) that the host does not
+    /// see: the file is staged under `/var/lib` on disk and moved into place inside.
     pub fn copy_in(&self, from: &Path, to: &str) {
-        let p = self.host_path(to);
+        let (stage, p) = if self.booted.is_some() {
+            let stage = "/var/lib/container-copy-in/file";
+            (Some(stage), self.host_path(stage))
+        } else {
+            (None, self.host_path(to))
+        };
         fs::create_dir_all(p.parent().expect("parent")).expect("mkdir in machine");
         fs::copy(from, &p)
             .unwrap_or_else(|e| panic!("copy {} into the machine: {e}", from.display()));
+        if let Some(stage) = stage {
+            let out = self.sh(&format!(
+                "mkdir -p \"$(dirname '{to}')\" && mv -f '{stage}' '{to}'"
+            ));
+            assert!(out.success(), "move into {to} inside the machine: {out:?}");
+        }
     }
 
     pub fn read(&self, path: &str) -> Option<String> {
