@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::container::{self, CONFIG_PATH, Machine, Netns, ONPREM_PATH};
+use support::container::{self, CONFIG_PATH, InNetns, Machine, Netns, ONPREM_PATH};
 use support::daemon::{signed, spec_json};
 use support::fake_service::{Complete, FakeService, command};
 
@@ -50,7 +50,7 @@ fn repo() -> PathBuf {
 
 struct World {
     m: Machine,
-    fake: FakeService,
+    fake: InNetns<FakeService>,
     component: Value,
     tarball: PathBuf,
     version: String,
@@ -235,7 +235,7 @@ impl World {
         let component = component_json()?;
         let (tarball, version, sha256) = artifact(dist)?;
         let netns = Netns::new().map_err(|e| format!("cannot make a network namespace: {e}"))?;
-        let fake = netns.run(FakeService::start);
+        let fake = netns.start(FakeService::start);
         let mut m = Machine::new("cd-rehearsal", netns)?;
         // The build instance: a booted system; the component installs the agent into it. On a
         // failure, say why and exit here: dropping the fake service from outside its network
