@@ -500,9 +500,15 @@ fn a_second_local_deployment_of_a_group_waits_for_the_first() {
     let mut first = spawn();
     let first_out = lines(&mut first);
     // The first is inside its hook once it has written "start".
-    let first_dir = first_out
-        .recv_timeout(Duration::from_secs(60))
-        .expect("first run started");
+    // (codedeploy-local also prints what it uses, such as its log's path, on a pipe.)
+    let first_dir = loop {
+        let line = first_out
+            .recv_timeout(Duration::from_secs(60))
+            .expect("first run started");
+        if line.rsplit('/').next().is_some_and(|last| last.starts_with("d-")) {
+            break line;
+        }
+    };
     let gate_open = || {
         // Releases one waiting hook.
         fs::write(&fifo, "go\n").expect("write the fifo");
