@@ -505,7 +505,11 @@ fn a_second_local_deployment_of_a_group_waits_for_the_first() {
         let line = first_out
             .recv_timeout(Duration::from_secs(60))
             .expect("first run started");
-        if line.rsplit('/').next().is_some_and(|last| last.starts_with("d-")) {
+        if line
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.starts_with("d-"))
+        {
             break line;
         }
     };
