@@ -588,6 +588,52 @@ async fn rotated_credentials_are_used_on_the_next_call() {
     assert_eq!(fake.requests().len(), 2);
 }
 
+/// A key rotated (or revoked) while the agent's cached copy is still inside its lifetime:
+/// the service refuses it with `UnrecognizedClientException`, and the next call must sign with
+/// credentials fetched anew, not the cached ones until they expire (issue #13, item 2).
+#[tokio::test]
+async fn a_refused_credential_is_fetched_anew_for_the_next_call() {
+    use codedeploy_agent::control::ErrorClass;
+    use codedeploy_agent::control::identity::RefreshingCredentials;
+
+    let first = TestCredentials::new(ACCESS_KEY, SECRET_KEY);
+    let second = TestCredentials::new("AKIDROTATED0003", "rotated-secret-3");
+    let fake = FakeService::start_with(
+        FakeConfig::default().credentials(vec![first.clone(), second.clone()]),
+    );
+    let slot = Arc::new(Mutex::new(Ok(first.to_aws())));
+    // Cached for an hour, refreshed 5 minutes before: only a forced refresh asks again.
+    let cache = RefreshingCredentials::with_timing(
+        SharedCredentialsProvider::new(Rotating(Arc::clone(&slot))),
+        Duration::from_secs(300),
+        Duration::from_secs(3600),
+    );
+    let refresh = cache.refresh_handle();
+    let client = client_with(fake.client_config(), SharedCredentialsProvider::new(cache))
+        .with_credentials_refresh(refresh);
+
+    assert_eq!(client.poll_host_command(HOST).await, Ok(None));
+    *slot.lock().expect("lock") = Ok(second.to_aws());
+    fake.revoke_credentials(ACCESS_KEY);
+
+    let refused = client
+        .poll_host_command(HOST)
+        .await
+        .expect_err("revoked key");
+    assert_eq!(refused.class(), ErrorClass::Refresh, "{refused:?}");
+    assert_eq!(client.poll_host_command(HOST).await, Ok(None));
+
+    let keys: Vec<Option<String>> = fake.requests().into_iter().map(|r| r.access_key).collect();
+    assert_eq!(
+        keys,
+        vec![
+            Some(ACCESS_KEY.to_owned()),
+            Some(ACCESS_KEY.to_owned()),
+            Some("AKIDROTATED0003".to_owned())
+        ]
+    );
+}
+
 #[tokio::test]
 async fn proxy_uri_with_userinfo_is_used() {
     // The fake doubles as a forward proxy for plain http: it sees the absolute-form request

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::endpoint::ServiceVariant;
-use super::{ControlError, Envelope, HostCommand, HostCommands, SpecificationResponse};
+use super::{ControlError, Envelope, ErrorClass, HostCommand, HostCommands, SpecificationResponse};
 use crate::config::Config;
 
 /// Default `http_read_timeout` (seconds in the configuration file).
@@ -223,6 +223,8 @@ pub struct HttpHostCommands {
     /// from the `Date` header of a clock-skew refusal; requests are signed with our clock plus
     /// this.
     clock_offset_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Forces the credentials provider to fetch anew after the service refused a credential.
+    refresh: Option<crate::control::identity::CredentialsRefresh>,
 }
 
 impl HttpHostCommands {
@@ -281,7 +283,19 @@ impl HttpHostCommands {
             url,
             credentials,
             clock_offset_ms: std::sync::Arc::default(),
+            refresh: None,
         })
+    }
+
+    /// After a refusal of class [`ErrorClass::Refresh`] that is not about the clock (an
+    /// expired, rotated or revoked credential), the next call signs with credentials fetched
+    /// anew instead of the cached ones.
+    pub fn with_credentials_refresh(
+        mut self,
+        refresh: crate::control::identity::CredentialsRefresh,
+    ) -> Self {
+        self.refresh = Some(refresh);
+        self
     }
 
     /// The service's clock as far as we know it: ours, corrected by the learnt offset.
@@ -434,6 +448,15 @@ impl HttpHostCommands {
             let error = service_error(status.as_u16(), error_type.as_deref(), &bytes);
             if error.is_clock_skew() {
                 self.learn_clock_offset(operation, date);
+            } else if error.class() == ErrorClass::Refresh
+                && let Some(refresh) = &self.refresh
+            {
+                tracing::info!(
+                    operation,
+                    code = error.code(),
+                    "the service refused our credentials; fetching them anew for the next call"
+                );
+                refresh.force();
             }
             return Err(error);
         }

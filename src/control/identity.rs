@@ -645,6 +645,20 @@ pub async fn credentials_provider(
     identity: &Identity,
     imds_endpoint: &str,
 ) -> SharedCredentialsProvider {
+    credentials_with_refresh(config, identity, imds_endpoint)
+        .await
+        .0
+}
+
+/// [`credentials_provider`] and the handle that makes its next answer a fresh one: the
+/// host-commands client forces a refresh when the service refuses a credential
+/// ([`crate::control::ErrorClass::Refresh`]), since a rotated or revoked key can still be
+/// inside its cached lifetime.
+pub async fn credentials_with_refresh(
+    config: &Config,
+    identity: &Identity,
+    imds_endpoint: &str,
+) -> (SharedCredentialsProvider, CredentialsRefresh) {
     let inner = match &identity.onprem_config {
         Some(onprem) => onprem.credentials_provider(),
         None => default_chain(
@@ -653,7 +667,9 @@ pub async fn credentials_provider(
             keeps_environment_credentials(&config.codedeploy_test_profile),
         ),
     };
-    SharedCredentialsProvider::new(RefreshingCredentials::new(inner))
+    let refreshing = RefreshingCredentials::new(inner);
+    let refresh = refreshing.refresh_handle();
+    (SharedCredentialsProvider::new(refreshing), refresh)
 }
 
 /// The SDK default credentials chain, optionally without the environment provider.
@@ -728,6 +744,24 @@ pub struct RefreshingCredentials {
     buffer: Duration,
     default_lifetime: Duration,
     cached: tokio::sync::Mutex<Option<(Credentials, SystemTime)>>,
+    refresh: CredentialsRefresh,
+}
+
+/// Makes a [`RefreshingCredentials`]' next answer come from its inner provider, whatever the
+/// cached credentials' expiry says. Cheap to clone; shared with the provider.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialsRefresh(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CredentialsRefresh {
+    /// The next request for credentials asks the inner provider again. If that fails, the
+    /// cached credentials are still used until they expire (as for a scheduled refresh).
+    pub fn force(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
 }
 
 impl RefreshingCredentials {
@@ -747,13 +781,21 @@ impl RefreshingCredentials {
             buffer,
             default_lifetime,
             cached: tokio::sync::Mutex::new(None),
+            refresh: CredentialsRefresh::default(),
         }
+    }
+
+    /// The handle that forces the next answer to be a fresh one.
+    pub fn refresh_handle(&self) -> CredentialsRefresh {
+        self.refresh.clone()
     }
 
     async fn get(&self) -> provider::Result {
         let mut cached = self.cached.lock().await;
         let now = SystemTime::now();
+        let forced = self.refresh.take();
         if let Some((creds, expires)) = cached.as_ref()
+            && !forced
             && now + self.buffer < *expires
         {
             return Ok(creds.clone());

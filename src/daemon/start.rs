@@ -209,7 +209,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let imds = Imds::from_config(&config).map_err(|e| e.to_string())?;
     let identity = resolve_identity(&config, &imds).await?;
     // identity::resolve has logged "host identity resolved" with these fields.
-    let credentials = identity::credentials_provider(&config, &identity, imds.endpoint()).await;
+    let (credentials, refresh) =
+        identity::credentials_with_refresh(&config, &identity, imds.endpoint()).await;
 
     let domain = identity.endpoint_domain();
     let url = endpoint::resolve(&EndpointInputs {
@@ -245,7 +246,8 @@ async fn serve(config: Config) -> Result<(), String> {
         ClientConfig::from_config(&config, url, identity.region.clone(), agent_version),
         credentials.clone(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_credentials_refresh(refresh);
 
     let handle = tokio::runtime::Handle::current();
     let s3 = S3Fetcher::new(
