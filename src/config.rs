@@ -244,6 +244,10 @@ pub struct Config {
     /// final report (the waits double from 2 s up to this). Tests shorten it so "reported
     /// once" can wait out the whole retry schedule.
     pub report_retry_max_ms: u64,
+    /// Ours: how slow an S3 or GitHub download may be before the attempt is given up
+    /// (`download_stall_timeout_seconds`, `download_min_bytes_per_second`,
+    /// `download_throughput_grace_seconds`).
+    pub download_floor: crate::revision::ThroughputFloor,
     /// Ours: the agent log's size cap and rotated files kept (`log_max_size`, `log_max_files`).
     pub log_rotation: crate::logging::Rotation,
     /// Ours: each deployment's scripts.log (and the deployments log) size cap and rotated
@@ -369,6 +373,7 @@ impl Config {
             hook_kill_grace_seconds: 5,
             startup_jitter_ms: 5000,
             report_retry_max_ms: 60_000,
+            download_floor: crate::revision::ThroughputFloor::DEFAULT,
             health_endpoint: None,
             log_rotation: DEFAULT_LOG_ROTATION,
             scripts_log_rotation: DEFAULT_SCRIPTS_LOG_ROTATION,
@@ -580,6 +585,15 @@ impl Config {
                 "hook_kill_grace_seconds" => config.hook_kill_grace_seconds = integer(0)?,
                 "startup_jitter_ms" => config.startup_jitter_ms = integer(0)?,
                 "report_retry_max_ms" => config.report_retry_max_ms = integer(1)?,
+                "download_stall_timeout_seconds" => {
+                    config.download_floor.stall = std::time::Duration::from_secs(integer(1)?)
+                }
+                "download_min_bytes_per_second" => {
+                    config.download_floor.min_bytes_per_sec = integer(1)?
+                }
+                "download_throughput_grace_seconds" => {
+                    config.download_floor.grace = std::time::Duration::from_secs(integer(0)?)
+                }
                 "log_max_size" | "scripts_log_max_size" => {
                     let bytes = match value {
                         RawValue::Null => None,
