@@ -269,8 +269,6 @@ pub struct Config {
     pub restrict_agent_dir_permissions: bool,
     /// v2: `log_dir` 0750 and the agent's log files 0640.
     pub restrict_log_dir_permissions: bool,
-    /// v2: tar entries are owned by the unpacking user, never the owner in the header.
-    pub ignore_ownership_in_bundle: bool,
     /// v2: refuse appspec SELinux types `unconfined_t`, `kernel_t` and `init_t`.
     pub reject_unconfined_selinux_in_bundle: bool,
     /// v2: refuse bundle entries and appspec `mode:` values with setuid or setgid bits.
@@ -294,6 +292,9 @@ const ALWAYS_ON_V2_KEYS: &[&str] = &[
     // Archive entries, `files.source` and hook locations never resolve outside the bundle.
     "reject_path_traversal_in_bundle",
     // Permissions are applied through descriptors without following a symlink.
+    // Archive owners are never applied: the agent's own tree stays the unpacking user's
+    // (docs/compatibility.md), so `false` cannot restore them.
+    "ignore_ownership_in_bundle",
     "reject_symlink_permission_targets",
     // Windows only.
     "disable_powershell_profile_in_hooks",
@@ -384,7 +385,6 @@ impl Config {
             disable_core_dumps: true,
             restrict_agent_dir_permissions: false,
             restrict_log_dir_permissions: false,
-            ignore_ownership_in_bundle: false,
             reject_unconfined_selinux_in_bundle: false,
             reject_unsafe_permissions_in_bundle: false,
             archive_max_extraction_size: None,
@@ -646,7 +646,6 @@ impl Config {
                     config.restrict_agent_dir_permissions = boolean()?
                 }
                 "restrict_log_dir_permissions" => config.restrict_log_dir_permissions = boolean()?,
-                "ignore_ownership_in_bundle" => config.ignore_ownership_in_bundle = boolean()?,
                 "reject_unconfined_selinux_in_bundle" => {
                     config.reject_unconfined_selinux_in_bundle = boolean()?
                 }
@@ -918,7 +917,6 @@ mod tests {
         assert!(c.restrict_hook_env_to_allowlist && c.strip_loader_env_in_hooks);
         assert!(!c.disable_core_dumps);
         assert!(c.restrict_agent_dir_permissions && c.restrict_log_dir_permissions);
-        assert!(c.ignore_ownership_in_bundle);
         assert!(c.reject_unconfined_selinux_in_bundle && c.reject_unsafe_permissions_in_bundle);
         assert_eq!(c.archive_max_extraction_size, Some(4_000_000_000));
         for (text, bytes) in [
