@@ -1017,3 +1017,33 @@ fn instance_credentials_that_trickle_are_given_up_and_polling_continues() {
         imds.requests()
     );
 }
+
+#[test]
+fn the_daemon_refuses_an_appspec_that_leads_out_of_the_bundle() {
+    if !support::require::openssl() {
+        return;
+    }
+    // Issue 12 item 1 through the daemon: the same opener as validate, plan and local.
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let b = s.bundle("zero", &[("scripts/run.sh", "#!/bin/sh\n")]);
+    std::os::unix::fs::symlink("/dev/zero", b.join("appspec.yml")).expect("symlink");
+    let spec = signed(&spec_json("d-ZERO", "dg", &b));
+    let _agent = Daemon::start(&s, &fake, "", &[]);
+    let mut failed = None;
+    for name in ["DownloadBundle", "BeforeInstall", "Install"] {
+        let c =
+            support::daemon::run_commands(&fake, "zero", &[name], &spec, Duration::from_secs(60))
+                .remove(0);
+        if c.command_status == "Failed" {
+            failed = Some(c);
+            break;
+        }
+    }
+    let c = failed.expect("a command fails on the appspec");
+    let diagnostics = c.diagnostics.map(|d| d.payload).unwrap_or_default();
+    assert!(
+        diagnostics.contains("leads out of the bundle"),
+        "{diagnostics}"
+    );
+}
