@@ -897,6 +897,28 @@ mod tests {
     }
 
     #[test]
+    fn download_floor_keys() {
+        use std::time::Duration;
+        let c = parse(":root_dir: /a\n").expect("valid");
+        assert_eq!(c.download_floor, crate::revision::ThroughputFloor::DEFAULT);
+        let c = parse(
+            ":root_dir: /a\ndownload_stall_timeout_seconds: 5\n\
+             download_min_bytes_per_second: 200\ndownload_throughput_grace_seconds: 0\n",
+        )
+        .expect("valid");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.download_floor.stall, Duration::from_secs(5));
+        assert_eq!(c.download_floor.min_bytes_per_sec, 200);
+        assert_eq!(c.download_floor.grace, Duration::ZERO);
+        for bad in [
+            "download_stall_timeout_seconds: 0",
+            "download_min_bytes_per_second: 0",
+        ] {
+            parse(&format!(":root_dir: /a\n{bad}\n")).expect_err(bad);
+        }
+    }
+
+    #[test]
     fn v2_hardening_keys_parse_and_unknown_keys_become_warnings() {
         let c = parse(":root_dir: /a\n").expect("valid");
         assert!(c.disable_core_dumps, "on by default");
