@@ -244,6 +244,10 @@ pub struct Config {
     /// final report (the waits double from 2 s up to this). Tests shorten it so "reported
     /// once" can wait out the whole retry schedule.
     pub report_retry_max_ms: u64,
+    /// Ours: how slow an S3 or GitHub download may be before the attempt is given up
+    /// (`download_stall_timeout_seconds`, `download_min_bytes_per_second`,
+    /// `download_throughput_grace_seconds`).
+    pub download_floor: crate::revision::ThroughputFloor,
     /// Ours: the agent log's size cap and rotated files kept (`log_max_size`, `log_max_files`).
     pub log_rotation: crate::logging::Rotation,
     /// Ours: each deployment's scripts.log (and the deployments log) size cap and rotated
@@ -265,8 +269,6 @@ pub struct Config {
     pub restrict_agent_dir_permissions: bool,
     /// v2: `log_dir` 0750 and the agent's log files 0640.
     pub restrict_log_dir_permissions: bool,
-    /// v2: tar entries are owned by the unpacking user, never the owner in the header.
-    pub ignore_ownership_in_bundle: bool,
     /// v2: refuse appspec SELinux types `unconfined_t`, `kernel_t` and `init_t`.
     pub reject_unconfined_selinux_in_bundle: bool,
     /// v2: refuse bundle entries and appspec `mode:` values with setuid or setgid bits.
@@ -290,6 +292,9 @@ const ALWAYS_ON_V2_KEYS: &[&str] = &[
     // Archive entries, `files.source` and hook locations never resolve outside the bundle.
     "reject_path_traversal_in_bundle",
     // Permissions are applied through descriptors without following a symlink.
+    // Archive owners are never applied: the agent's own tree stays the unpacking user's
+    // (docs/compatibility.md), so `false` cannot restore them.
+    "ignore_ownership_in_bundle",
     "reject_symlink_permission_targets",
     // Windows only.
     "disable_powershell_profile_in_hooks",
@@ -369,6 +374,7 @@ impl Config {
             hook_kill_grace_seconds: 5,
             startup_jitter_ms: 5000,
             report_retry_max_ms: 60_000,
+            download_floor: crate::revision::ThroughputFloor::DEFAULT,
             health_endpoint: None,
             log_rotation: DEFAULT_LOG_ROTATION,
             scripts_log_rotation: DEFAULT_SCRIPTS_LOG_ROTATION,
@@ -379,7 +385,6 @@ impl Config {
             disable_core_dumps: true,
             restrict_agent_dir_permissions: false,
             restrict_log_dir_permissions: false,
-            ignore_ownership_in_bundle: false,
             reject_unconfined_selinux_in_bundle: false,
             reject_unsafe_permissions_in_bundle: false,
             archive_max_extraction_size: None,
@@ -580,6 +585,15 @@ impl Config {
                 "hook_kill_grace_seconds" => config.hook_kill_grace_seconds = integer(0)?,
                 "startup_jitter_ms" => config.startup_jitter_ms = integer(0)?,
                 "report_retry_max_ms" => config.report_retry_max_ms = integer(1)?,
+                "download_stall_timeout_seconds" => {
+                    config.download_floor.stall = std::time::Duration::from_secs(integer(1)?)
+                }
+                "download_min_bytes_per_second" => {
+                    config.download_floor.min_bytes_per_sec = integer(1)?
+                }
+                "download_throughput_grace_seconds" => {
+                    config.download_floor.grace = std::time::Duration::from_secs(integer(0)?)
+                }
                 "log_max_size" | "scripts_log_max_size" => {
                     let bytes = match value {
                         RawValue::Null => None,
@@ -632,7 +646,6 @@ impl Config {
                     config.restrict_agent_dir_permissions = boolean()?
                 }
                 "restrict_log_dir_permissions" => config.restrict_log_dir_permissions = boolean()?,
-                "ignore_ownership_in_bundle" => config.ignore_ownership_in_bundle = boolean()?,
                 "reject_unconfined_selinux_in_bundle" => {
                     config.reject_unconfined_selinux_in_bundle = boolean()?
                 }
@@ -884,6 +897,28 @@ mod tests {
     }
 
     #[test]
+    fn download_floor_keys() {
+        use std::time::Duration;
+        let c = parse(":root_dir: /a\n").expect("valid");
+        assert_eq!(c.download_floor, crate::revision::ThroughputFloor::DEFAULT);
+        let c = parse(
+            ":root_dir: /a\ndownload_stall_timeout_seconds: 5\n\
+             download_min_bytes_per_second: 200\ndownload_throughput_grace_seconds: 0\n",
+        )
+        .expect("valid");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.download_floor.stall, Duration::from_secs(5));
+        assert_eq!(c.download_floor.min_bytes_per_sec, 200);
+        assert_eq!(c.download_floor.grace, Duration::ZERO);
+        for bad in [
+            "download_stall_timeout_seconds: 0",
+            "download_min_bytes_per_second: 0",
+        ] {
+            parse(&format!(":root_dir: /a\n{bad}\n")).expect_err(bad);
+        }
+    }
+
+    #[test]
     fn v2_hardening_keys_parse_and_unknown_keys_become_warnings() {
         let c = parse(":root_dir: /a\n").expect("valid");
         assert!(c.disable_core_dumps, "on by default");
@@ -904,7 +939,6 @@ mod tests {
         assert!(c.restrict_hook_env_to_allowlist && c.strip_loader_env_in_hooks);
         assert!(!c.disable_core_dumps);
         assert!(c.restrict_agent_dir_permissions && c.restrict_log_dir_permissions);
-        assert!(c.ignore_ownership_in_bundle);
         assert!(c.reject_unconfined_selinux_in_bundle && c.reject_unsafe_permissions_in_bundle);
         assert_eq!(c.archive_max_extraction_size, Some(4_000_000_000));
         for (text, bytes) in [

@@ -816,3 +816,234 @@ fn a_non_dumpable_agent_cannot_be_read_by_processes_of_its_own_user() {
     s.write_config("disable_core_dumps: false\n");
     assert_eq!(run_as_nobody(), "readable");
 }
+
+/// Runs `cmd` with its output captured; `None` if it is still running after `limit` (then it
+/// is killed).
+fn output_within(mut cmd: Command, limit: Duration) -> Option<Run> {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the agent");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Some(Run::from(out.expect("wait for the agent"))),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            None
+        }
+    }
+}
+
+#[test]
+fn an_s3_bundle_that_trickles_is_given_up_as_a_whole_by_local() {
+    use support::fake_s3::{FakeS3, S3Faults};
+    let s = Sandbox::new();
+    // 64 KiB that gzip cannot shrink: at a byte every 50 ms the bundle would take an hour,
+    // while no single read waits anywhere near the stall bound.
+    let mut noise = String::with_capacity(64 << 10);
+    let mut x: u32 = 0x1234_5678;
+    while noise.len() < 64 << 10 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        noise.push(char::from(b'!' + (x % 90) as u8));
+    }
+    let dir = s.bundle(
+        "trickle",
+        &[
+            ("appspec.yml", "version: 0.0\nos: linux\n"),
+            ("noise.txt", &noise),
+        ],
+    );
+    let tgz = s.path().join("bundle.tgz");
+    support::tgz(&dir, &tgz);
+    let s3 = FakeS3::start();
+    let etag = s3.put(
+        "deploys",
+        "bundle.tgz",
+        fs::read(&tgz).expect("read bundle"),
+    );
+    s3.set_faults(S3Faults {
+        trickle: Some((1, Duration::from_millis(50))),
+        ..S3Faults::default()
+    });
+    s.write_config(&format!(
+        "s3_endpoint_override: {}\ndownload_stall_timeout_seconds: 5\n\
+         download_min_bytes_per_second: 200\ndownload_throughput_grace_seconds: 1\n",
+        s3.url()
+    ));
+    let mut cmd = Command::new(bin());
+    cmd.arg("local")
+        .arg("-c")
+        .arg(s.config())
+        .args([
+            "-l",
+            &format!("s3://deploys/bundle.tgz?etag={etag}"),
+            "-t",
+            "tgz",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "AKIATRICKLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_S3")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", s.path().join("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", s.path().join("no-aws-creds"))
+        .env("CODEDEPLOY_LOG", "debug");
+    let run = output_within(cmd, Duration::from_secs(60))
+        .expect("the trickling S3 download was never given up (bounded per read only?)");
+    run.assert_failed_with("too slow");
+    // Every ranged GET (the first and its resumes) was broken off by the agent.
+    let gets = s3.wait_requests(3, Duration::from_secs(10));
+    assert_eq!(gets.len(), 3, "{gets:#?}");
+    assert!(
+        gets.iter().all(|g| !g.complete && g.range.is_some()),
+        "{gets:#?}"
+    );
+    assert!(
+        gets[1..].iter().all(|g| g.if_match.is_some()),
+        "resumes are pinned to the ETag: {gets:#?}"
+    );
+}
+
+#[test]
+fn an_identity_document_that_trickles_is_given_up_and_the_daemon_starts() {
+    if !support::require::openssl() {
+        return;
+    }
+    use support::fake_imds::FakeImds;
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let imds = FakeImds::start();
+    imds.set(|st| {
+        st.region = "us-east-1".into();
+        st.trickle = vec!["/latest/dynamic/instance-identity/document".into()];
+    });
+    let host = "arn:aws:ec2:us-east-1:111122223333:instance/i-0123456789abcdef0";
+    let b = env_bundle(&s);
+    fake.set_spec(
+        "exec/imds",
+        "CodeDeploy",
+        signed(&spec_json("d-IMDSTRICKLE", "dg", &b)),
+    );
+    fake.enqueue(host, command("c-imds", "DownloadBundle", host, "exec/imds"));
+    let url = imds.url();
+    // The host identifier comes from IMDS, whose identity document trickles once.
+    let agent = Daemon::start_as(
+        &s,
+        &fake,
+        host,
+        "",
+        &[
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", url.as_str()),
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_HOST_IDENTIFIER", ""),
+        ],
+    );
+    let completes = fake.wait_for_completes(1, Duration::from_secs(60));
+    assert!(
+        completes
+            .iter()
+            .any(|c| c.host_command_identifier == "c-imds" && c.command_status == "Succeeded"),
+        "no report after a trickled identity document; agent log:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        imds.wait_trickles_given_up(1, Duration::from_secs(5)),
+        1,
+        "the agent hung up on the trickle; IMDS saw {:#?}",
+        imds.requests()
+    );
+}
+
+#[test]
+fn instance_credentials_that_trickle_are_given_up_and_polling_continues() {
+    if !support::require::openssl() {
+        return;
+    }
+    use support::fake_imds::FakeImds;
+    use support::fake_service::TestCredentials;
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let imds = FakeImds::start();
+    imds.set(|st| {
+        st.region = "us-east-1".into();
+        st.trickle = vec!["/latest/meta-data/iam/security-credentials/agent-role".into()];
+    });
+    fake.add_credentials(
+        TestCredentials::new("ASIAFIRST", "secret-first").with_session_token("session-first"),
+    );
+    let b = env_bundle(&s);
+    fake.set_spec(
+        "exec/creds",
+        "CodeDeploy",
+        signed(&spec_json("d-CREDTRICKLE", "dg", &b)),
+    );
+    fake.enqueue(
+        HOST,
+        command("c-creds", "DownloadBundle", HOST, "exec/creds"),
+    );
+    let url = imds.url();
+    // `prod`: credentials from the instance profile only, whose first answer trickles.
+    let agent = Daemon::start(
+        &s,
+        &fake,
+        ":codedeploy_test_profile: prod\n",
+        &[
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", url.as_str()),
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+        ],
+    );
+    let completes = fake.wait_for_completes(1, Duration::from_secs(60));
+    assert!(
+        completes
+            .iter()
+            .any(|c| c.host_command_identifier == "c-creds" && c.command_status == "Succeeded"),
+        "no report after trickled credentials; agent log:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        imds.wait_trickles_given_up(1, Duration::from_secs(5)),
+        1,
+        "the agent hung up on the trickle; IMDS saw {:#?}",
+        imds.requests()
+    );
+}
+
+#[test]
+fn the_daemon_refuses_an_appspec_that_leads_out_of_the_bundle() {
+    if !support::require::openssl() {
+        return;
+    }
+    // Issue 12 item 1 through the daemon: the same opener as validate, plan and local.
+    let s = Sandbox::new();
+    let fake = FakeService::start();
+    let b = s.bundle("zero", &[("scripts/run.sh", "#!/bin/sh\n")]);
+    std::os::unix::fs::symlink("/dev/zero", b.join("appspec.yml")).expect("symlink");
+    let spec = signed(&spec_json("d-ZERO", "dg", &b));
+    let _agent = Daemon::start(&s, &fake, "", &[]);
+    let mut failed = None;
+    for name in ["DownloadBundle", "BeforeInstall", "Install"] {
+        let c =
+            support::daemon::run_commands(&fake, "zero", &[name], &spec, Duration::from_secs(60))
+                .remove(0);
+        if c.command_status == "Failed" {
+            failed = Some(c);
+            break;
+        }
+    }
+    let c = failed.expect("a command fails on the appspec");
+    let diagnostics = c.diagnostics.map(|d| d.payload).unwrap_or_default();
+    assert!(
+        diagnostics.contains("leads out of the bundle"),
+        "{diagnostics}"
+    );
+}

@@ -255,9 +255,11 @@ async fn serve(config: Config) -> Result<(), String> {
         credentials,
         handle.clone(),
     )
-    .map_err(|e| e.to_string())?;
-    let github =
-        GitHubFetcher::new(config.proxy_uri.as_deref(), handle).map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_throughput_floor(config.download_floor);
+    let github = GitHubFetcher::new(config.proxy_uri.as_deref(), handle)
+        .map_err(|e| e.to_string())?
+        .with_throughput_floor(config.download_floor);
 
     let root = DeploymentRoot::new(&config.root_dir, &config.program_name);
     if config.restrict_agent_dir_permissions

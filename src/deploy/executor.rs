@@ -141,7 +141,6 @@ impl EngineSettings {
                 reject_symlinks: config.reject_symlinks_in_bundle,
                 allow_setuid: config.allow_setuid_in_bundle,
                 reject_setuid: config.reject_unsafe_permissions_in_bundle,
-                ignore_ownership: config.ignore_ownership_in_bundle,
                 max_total_bytes: config.archive_max_extraction_size,
                 ..UnpackOptions::default()
             },

@@ -11,7 +11,6 @@ mod names;
 mod tarx;
 mod zipx;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -23,7 +22,6 @@ use std::str::FromStr;
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::fstatvfs;
-use nix::unistd::{Gid, Group, Uid, User};
 
 use fsops::{Extractor, FsError, Meta, Replace};
 use names::RelPath;
@@ -122,8 +120,6 @@ pub struct UnpackOptions {
     /// Refuse entries with the setuid or setgid bit (config
     /// `reject_unsafe_permissions_in_bundle`) instead of clearing the bits.
     pub reject_setuid: bool,
-    /// Tar entries keep the unpacking user as owner (config `ignore_ownership_in_bundle`).
-    pub ignore_ownership: bool,
     /// The most bytes of file data a bundle may unpack to (config
     /// `archive_max_extraction_size`); `None`: only the free space limits it.
     pub max_total_bytes: Option<u64>,
@@ -137,7 +133,6 @@ impl Default for UnpackOptions {
             available_bytes: None,
             max_entries: DEFAULT_MAX_ENTRIES,
             reject_setuid: false,
-            ignore_ownership: false,
             max_total_bytes: None,
         }
     }
@@ -432,9 +427,6 @@ fn unpack_into(
         available,
         used: 0,
         entries: 0,
-        is_root: Uid::effective().is_root(),
-        users: HashMap::new(),
-        groups: HashMap::new(),
         summary: UnpackSummary::default(),
         progress,
     };
@@ -563,14 +555,6 @@ enum Item<'r> {
     HardLink(Vec<u8>),
 }
 
-/// Owner as a tar header carries it.
-struct TarOwner<'a> {
-    pub uname: Option<&'a [u8]>,
-    pub gname: Option<&'a [u8]>,
-    pub uid: u64,
-    pub gid: u64,
-}
-
 /// State shared by the format readers during one unpack.
 struct Cx<'a> {
     archive: &'a Path,
@@ -581,9 +565,6 @@ struct Cx<'a> {
     available: u64,
     used: u64,
     entries: u64,
-    is_root: bool,
-    users: HashMap<Vec<u8>, Option<Uid>>,
-    groups: HashMap<Vec<u8>, Option<Gid>>,
     summary: UnpackSummary,
     progress: &'a mut dyn FnMut(u64, u64),
 }
@@ -664,33 +645,6 @@ impl Cx<'_> {
         } else {
             mode & 0o777
         }
-    }
-
-    /// Resolves a tar owner like GNU tar `--same-owner`: names if they exist here, else ids.
-    /// `None` unless running as root.
-    fn tar_owner(&mut self, o: &TarOwner<'_>) -> Option<(Uid, Gid)> {
-        if !self.is_root || self.opts.ignore_ownership {
-            return None;
-        }
-        let by_name_uid = o.uname.filter(|n| !n.is_empty()).and_then(|n| {
-            *self.users.entry(n.to_vec()).or_insert_with(|| {
-                std::str::from_utf8(n)
-                    .ok()
-                    .and_then(|s| User::from_name(s).ok().flatten())
-                    .map(|u| u.uid)
-            })
-        });
-        let by_name_gid = o.gname.filter(|n| !n.is_empty()).and_then(|n| {
-            *self.groups.entry(n.to_vec()).or_insert_with(|| {
-                std::str::from_utf8(n)
-                    .ok()
-                    .and_then(|s| Group::from_name(s).ok().flatten())
-                    .map(|g| g.gid)
-            })
-        });
-        let uid = by_name_uid.unwrap_or_else(|| Uid::from_raw(o.uid.try_into().unwrap_or(0)));
-        let gid = by_name_gid.unwrap_or_else(|| Gid::from_raw(o.gid.try_into().unwrap_or(0)));
-        Some((uid, gid))
     }
 
     /// Extracts one entry. `raw` is its name as stored; `path` its validated form (separators

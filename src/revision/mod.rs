@@ -201,7 +201,8 @@ impl StandaloneFetcher {
         let handle = runtime.handle().clone();
         let fetcher = match revision {
             Revision::GitHub { .. } => {
-                let mut github = GitHubFetcher::new(config.proxy_uri.as_deref(), handle)?;
+                let mut github = GitHubFetcher::new(config.proxy_uri.as_deref(), handle)?
+                    .with_throughput_floor(config.download_floor);
                 if let Some(url) = std::env::var(GITHUB_API_URL_ENV)
                     .ok()
                     .filter(|u| !u.trim().is_empty())
@@ -213,7 +214,9 @@ impl StandaloneFetcher {
             }
             _ => {
                 let settings = S3Settings::from_config(config, String::new());
-                let s3 = runtime.block_on(S3Fetcher::from_environment(settings, handle))?;
+                let s3 = runtime
+                    .block_on(S3Fetcher::from_environment(settings, handle))?
+                    .with_throughput_floor(config.download_floor);
                 Fetcher::new(Some(s3), None)
             }
         };
@@ -301,7 +304,7 @@ pub(crate) fn create_bundle_file(dest: &Path) -> io::Result<File> {
 /// Bounds a large download by throughput instead of a total time: after a grace period the
 /// average rate since the start must stay above a floor, so a server trickling a few bytes a
 /// second is given up on (and retried) instead of holding the deployment for ever.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThroughputFloor {
     /// Time before the rate is judged.
     pub grace: Duration,

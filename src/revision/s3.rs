@@ -231,6 +231,17 @@ pub struct S3Fetcher {
     settings: S3Settings,
     endpoint: Option<String>,
     tuning: Tuning,
+    floor: super::ThroughputFloor,
+}
+
+/// Connect within 10 s; each attempt up to its answer's head within twice the stall bound
+/// (120 s by default). The body is then held to the [`super::ThroughputFloor`] while it
+/// streams, so no part of a GET can trickle for ever.
+fn attempt_timeouts(floor: &super::ThroughputFloor) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .operation_attempt_timeout(floor.stall * 2)
+        .build()
 }
 
 impl S3Fetcher {
@@ -248,14 +259,7 @@ impl S3Fetcher {
             .credentials_provider(credentials)
             .http_client(http_client(settings.proxy_uri.as_deref())?)
             .retry_config(RetryConfig::standard().with_max_attempts(4))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    // Each attempt up to its answer's head; the body is held to
-                    // `ThroughputFloor` while it streams.
-                    .operation_attempt_timeout(Duration::from_secs(120))
-                    .build(),
-            );
+            .timeout_config(attempt_timeouts(&super::ThroughputFloor::DEFAULT));
         if let Some(url) = &endpoint {
             builder = builder
                 .endpoint_url(url)
@@ -268,7 +272,20 @@ impl S3Fetcher {
             settings,
             endpoint,
             tuning: Tuning::default(),
+            floor: super::ThroughputFloor::DEFAULT,
         })
+    }
+
+    /// Replaces the throughput floor (`download_*` configuration keys): each attempt's
+    /// answer head within twice its stall bound, each range's body held to it.
+    pub fn with_throughput_floor(mut self, floor: super::ThroughputFloor) -> Self {
+        self.conf = self
+            .conf
+            .to_builder()
+            .timeout_config(attempt_timeouts(&floor))
+            .build();
+        self.floor = floor;
+        self
     }
 
     /// A fetcher from the SDK's default chains (local mode): credentials from the environment,
@@ -340,9 +357,13 @@ impl S3Fetcher {
                 .unwrap_or_else(|| format!("the S3 endpoint for region {}", self.settings.region)),
             hint: self.settings.connect_hint(),
         });
-        let fetched =
-            self.handle
-                .block_on(download(target.clone(), object.etag, dest, self.tuning))?;
+        let fetched = self.handle.block_on(download(
+            target.clone(),
+            object.etag,
+            dest,
+            self.tuning,
+            self.floor,
+        ))?;
         let actual = fs::metadata(dest)
             .map_err(|source| S3FetchError::Io {
                 what: "read",
@@ -521,6 +542,7 @@ async fn download(
     expected_etag: Option<&str>,
     dest: &Path,
     tuning: Tuning,
+    floor: super::ThroughputFloor,
 ) -> Result<Fetched, S3FetchError> {
     // The first GET asks for the first `threshold` bytes: small objects come whole in one
     // request, and large ones reveal their size and ETag while their first bytes stream in.
@@ -567,6 +589,7 @@ async fn download(
         file,
         path: dest.to_path_buf(),
         attempts: tuning.body_attempts,
+        floor,
         md5: md5_checkable(&etag, opaque_etag).then(OrderedMd5::default),
     });
     let GetObjectOutput { body, .. } = first;
@@ -635,6 +658,8 @@ struct Ranges {
     file: Arc<File>,
     path: PathBuf,
     attempts: u32,
+    /// How slow a range's body may be before it is broken off and resumed.
+    floor: super::ThroughputFloor,
     /// Fed with every write when the ETag is an MD5.
     md5: Option<OrderedMd5>,
 }
@@ -699,7 +724,7 @@ impl Ranges {
     async fn copy(&self, body: &mut ByteStream, pos: &mut u64, end: u64) -> Result<(), String> {
         // Each range (or resumed part of one) is held to a throughput floor, so a trickling
         // response breaks off and is resumed instead of holding the download for ever.
-        let floor = super::ThroughputFloor::DEFAULT;
+        let floor = self.floor;
         let (started, from) = (std::time::Instant::now(), *pos);
         loop {
             let Some(chunk) = tokio::time::timeout(floor.stall, body.next())

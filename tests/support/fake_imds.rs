@@ -43,6 +43,12 @@ pub struct ImdsState {
     pub down: bool,
     /// Pad every metadata body with whitespace and newlines.
     pub pad_bodies: bool,
+    /// The next request to each path listed (`*`: any path) is answered 200 with a promised
+    /// 1 MB body, then one byte every 200 ms until the client hangs up; one entry is used up
+    /// per request.
+    pub trickle: Vec<String>,
+    /// Trickled answers the client hung up on.
+    pub trickles_given_up: u32,
     pub partition: String,
     pub domain: String,
     pub region: String,
@@ -65,6 +71,8 @@ impl Default for ImdsState {
             unauthorized_gets: 0,
             down: false,
             pad_bodies: false,
+            trickle: Vec::new(),
+            trickles_given_up: 0,
             partition: "aws".into(),
             domain: "amazonaws.com".into(),
             region: "us-west-2".into(),
@@ -138,6 +146,19 @@ impl FakeImds {
         self.state.lock().expect("state").seen.clone()
     }
 
+    /// Waits up to `timeout` until the client hung up on `n` trickled answers
+    /// ([`ImdsState::trickle`]); returns how many it hung up on.
+    pub fn wait_trickles_given_up(&self, n: u32, timeout: Duration) -> u32 {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let given_up = self.state.lock().expect("state").trickles_given_up;
+            if given_up >= n || std::time::Instant::now() >= deadline {
+                return given_up;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn clear_requests(&self) {
         self.state.lock().expect("state").seen.clear();
     }
@@ -203,6 +224,12 @@ fn serve(conn: TcpStream, state: &Mutex<ImdsState>) {
             token: token.clone(),
             ttl: ttl.clone(),
         });
+        if let Some(i) = s.trickle.iter().position(|p| p == &path || p == "*") {
+            s.trickle.remove(i);
+            drop(s);
+            trickle(conn, state);
+            return;
+        }
         if s.down {
             (0, Vec::new(), String::new(), true)
         } else {
@@ -234,6 +261,22 @@ fn serve(conn: TcpStream, state: &Mutex<ImdsState>) {
     let mut conn = conn;
     let _ = conn.write_all(out.as_bytes());
     let _ = conn.flush();
+}
+
+/// A 200 head promising 1 MB, then a byte every 200 ms (no read of the client's waits
+/// anywhere near a timeout) until the client hangs up.
+fn trickle(mut conn: TcpStream, state: &Mutex<ImdsState>) {
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000000\r\n\r\n";
+    if conn.write_all(head).is_err() {
+        return;
+    }
+    for _ in 0..1_000_000 {
+        if conn.write_all(b"x").and_then(|()| conn.flush()).is_err() {
+            state.lock().expect("state").trickles_given_up += 1;
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn answer(

@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, UtimensatFlags, fchmod, fstatat, futimens, mkdirat, utimensat};
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
+use nix::unistd::{UnlinkatFlags, linkat, symlinkat, unlinkat};
 
 use super::Rejection;
 use super::names::{RelPath, join};
@@ -51,8 +51,7 @@ pub(super) struct Meta {
     pub mode: u32,
     /// Seconds since the epoch.
     pub mtime: Option<i64>,
-    /// Owner to set (only when running as root and the format carries one).
-    pub owner: Option<(Uid, Gid)>,
+    // No owner: entries always belong to the unpacking user (see [`clamp`]).
 }
 
 /// May an entry replace a non-directory already at its path? Tar: yes (last wins, like GNU
@@ -142,7 +141,7 @@ impl Extractor {
     /// Creates a directory entry (or accepts an existing directory) and records its metadata.
     pub(super) fn dir(&mut self, path: &RelPath, meta: Meta) -> Result<(), FsError> {
         let Some((name, parent)) = path.split_last() else {
-            // `./`: like GNU tar, its mode, owner and time go to the target itself.
+            // `./`: like GNU tar, its mode and time go to the target itself.
             self.deferred.insert(Vec::new(), meta);
             return Ok(());
         };
@@ -230,16 +229,6 @@ impl Extractor {
                 Err(e) => return Err(io(e)),
             }
         }
-        if let Some((uid, gid)) = meta.owner {
-            fchownat(
-                pfd,
-                name,
-                Some(uid),
-                Some(gid),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(io)?;
-        }
         if let Some(mtime) = meta.mtime {
             utimensat(
                 pfd,
@@ -302,7 +291,7 @@ impl Extractor {
         }
     }
 
-    /// Applies deferred directory modes, owners and times, deepest first.
+    /// Applies deferred directory modes and times, deepest first.
     pub(super) fn finish(mut self) -> Result<(), (RelPath, FsError)> {
         let mut dirs: Vec<(Vec<Vec<u8>>, Meta)> =
             std::mem::take(&mut self.deferred).into_iter().collect();
@@ -418,7 +407,6 @@ fn read_retry(data: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 pub(super) fn clamp(meta: Meta) -> Meta {
     Meta {
         mode: meta.mode & !0o022,
-        owner: None,
         ..meta
     }
 }
@@ -426,9 +414,6 @@ pub(super) fn clamp(meta: Meta) -> Meta {
 /// Mode (clamped, see [`clamp`]), then times. The owner stays the unpacking user.
 fn apply_meta_fd(fd: BorrowedFd<'_>, meta: Meta) -> Result<(), FsError> {
     let meta = clamp(meta);
-    if let Some((uid, gid)) = meta.owner {
-        fchown(fd, Some(uid), Some(gid)).map_err(io)?;
-    }
     fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777)).map_err(io)?;
     if let Some(mtime) = meta.mtime {
         futimens(fd, &TimeSpec::UTIME_NOW, &TimeSpec::new(mtime, 0)).map_err(io)?;

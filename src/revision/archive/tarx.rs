@@ -13,7 +13,7 @@ use flate2::read::MultiGzDecoder;
 
 use super::fsops::{Meta, Replace};
 use super::names::{self, PATH_MAX};
-use super::{Cx, Item, Rejection, TarOwner, UnpackError};
+use super::{Cx, Item, Rejection, UnpackError};
 
 /// Largest GNU long-name or long-link record read (longer names are refused anyway).
 const MAX_LONG_NAME: u64 = 2 * PATH_MAX as u64;
@@ -315,24 +315,11 @@ fn extract<R: Read>(cx: &mut Cx<'_>, reader: R) -> Result<R, UnpackError> {
             Some(t) => i64::try_from(t).ok(),
             None => i64::try_from(header.mtime().map_err(|e| cx.corrupt(e))?).ok(),
         };
-        let uid = match get(b"uid").and_then(parse_decimal) {
-            Some(n) => u64::try_from(n).unwrap_or(0),
-            None => header.uid().map_err(|e| cx.corrupt(e))?,
-        };
-        let gid = match get(b"gid").and_then(parse_decimal) {
-            Some(n) => u64::try_from(n).unwrap_or(0),
-            None => header.gid().map_err(|e| cx.corrupt(e))?,
-        };
-        let owner = cx.tar_owner(&TarOwner {
-            uname: get(b"uname").or_else(|| header.username_bytes()),
-            gname: get(b"gname").or_else(|| header.groupname_bytes()),
-            uid,
-            gid,
-        });
+        // Archive owners are never applied: entries belong to the unpacking user
+        // (docs/compatibility.md).
         let meta = Meta {
             mode: cx.mode(mode),
             mtime,
-            owner,
         };
         let path = names::normalize(&raw, false).map_err(|r| cx.reject(&raw, r))?;
         let item = match ty {

@@ -125,8 +125,6 @@ pub(super) fn unpack(cx: &mut Cx<'_>) -> Result<(), UnpackError> {
         let meta = Meta {
             mode: cx.mode(f.mode.unwrap_or(default_mode)),
             mtime: mtime_of(&entry),
-            // Zip carries no owner; entries keep the unpacking user (root).
-            owner: None,
         };
         let result = match f.kind {
             Kind::Dir => cx.add(&raw, f.path, Item::Dir, meta, Replace::Never),
