@@ -628,9 +628,12 @@ fn rpm_scriptlets(rpm: &Path) -> BTreeMap<String, (String, String)> {
     let mut out: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
+        // "postinstall scriptlet (using /bin/sh):", or without "(using …)" for rpm's default
+        // interpreter, /bin/sh.
         let header = line
             .strip_suffix("):")
-            .and_then(|l| l.split_once(" scriptlet (using "));
+            .and_then(|l| l.split_once(" scriptlet (using "))
+            .or_else(|| line.strip_suffix(" scriptlet:").map(|n| (n, "/bin/sh")));
         if let Some((name, interpreter)) = header {
             out.insert(name.to_owned(), (interpreter.to_owned(), String::new()));
             current = Some(name.to_owned());
@@ -693,9 +696,17 @@ fn scratch_root(root: &Path) {
         fs::create_dir_all(root.join(target)).expect("mkdir");
         std::os::unix::fs::symlink(target, root.join(link)).expect("symlink");
     }
-    for dir in ["tmp", "var/tmp", "etc", "usr/sbin"] {
+    for dir in ["tmp", "var/tmp", "etc", "usr/sbin", "dev"] {
         fs::create_dir_all(root.join(dir)).expect("mkdir");
     }
+    // The scripts write to /dev/null.
+    let null = root.join("dev/null");
+    ok(Command::new("mknod")
+        .args(["-m", "666"])
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .output()
+        .expect("mknod"));
     let copy_in = |host: &Path| {
         let to = root.join(host.strip_prefix("/").expect("absolute"));
         fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
@@ -755,7 +766,7 @@ fn installed(root: &Path, before: &BTreeMap<String, String>) -> BTreeMap<String,
         .into_iter()
         .filter(|(k, _)| !before.contains_key(k))
         .filter(|(k, _)| {
-            !["var/lib/rpm", "usr/lib/sysimage/rpm", "var/tmp", "tmp", "systemctl-calls"]
+            !["dev", "root/.rpmdb", "var/lib/rpm", "usr/lib/sysimage/rpm", "var/tmp", "tmp", "systemctl-calls"]
                 .iter()
                 .any(|p| k == p || k.starts_with(&format!("{p}/")))
         })
