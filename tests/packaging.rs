@@ -1,8 +1,9 @@
 //! The shipped systemd unit, configuration and installer scripts (packaging/, systemd/):
 //! the unit passes `systemd-analyze verify` without a word, `install.sh` lays out exactly the
 //! AWS agent's files and keeps an operator's config, and the start/restart rules hold (a fake
-//! `systemctl` on PATH records what the scripts ask of systemd). The .deb/.rpm listings need
-//! the release binary and are checked by `packaging/build --check-packages` instead.
+//! `systemctl` on PATH records what the scripts ask of systemd). The built .rpm is checked
+//! against the .deb with Debian's `rpm` (`CODEDEPLOY_AGENT_DIST`; a skip line without it, a
+//! failure under CI=true): listing, scriptlets, and a scratch-root install, upgrade and erase.
 
 #[path = "support/require.rs"]
 mod require;
@@ -505,12 +506,18 @@ fn built(dist: &Path, name: String) -> PathBuf {
 
 fn deb_file(dist: &Path) -> PathBuf {
     let v = env!("CARGO_PKG_VERSION");
-    built(dist, format!("codedeploy-agent_{v}-1_{}.deb", package_arch().0))
+    built(
+        dist,
+        format!("codedeploy-agent_{v}-1_{}.deb", package_arch().0),
+    )
 }
 
 fn rpm_file(dist: &Path) -> PathBuf {
     let v = env!("CARGO_PKG_VERSION");
-    built(dist, format!("codedeploy-agent-{v}-1.{}.rpm", package_arch().1))
+    built(
+        dist,
+        format!("codedeploy-agent-{v}-1.{}.rpm", package_arch().1),
+    )
 }
 
 /// The static binary both packages carry (packaging/build puts a copy beside them).
@@ -547,7 +554,10 @@ fn deb_listing(deb: &Path) -> BTreeMap<String, String> {
             continue;
         }
         let value = if kind.is_symlink() {
-            let link = entry.link_name().expect("link").expect("a symlink's target");
+            let link = entry
+                .link_name()
+                .expect("link")
+                .expect("a symlink's target");
             format!("-> {}", link.display())
         } else {
             format!("{:o}", entry.header().mode().expect("mode") & 0o7777)
@@ -561,14 +571,22 @@ fn deb_listing(deb: &Path) -> BTreeMap<String, String> {
 fn rpm_listing(rpm: &Path) -> BTreeMap<String, String> {
     let text = stdout_of(
         Command::new("rpm")
-            .args(["-qp", "--qf", "[%{FILEMODES:octal} %{FILENAMES} %{FILELINKTOS}\n]"])
+            .args([
+                "-qp",
+                "--qf",
+                "[%{FILEMODES:octal} %{FILENAMES} %{FILELINKTOS}\n]",
+            ])
             .arg(rpm),
     );
     let mut out = BTreeMap::new();
     for line in String::from_utf8(text).expect("utf8").lines() {
         let mut parts = line.split(' ');
         let mode = u32::from_str_radix(parts.next().expect("mode"), 8).expect("octal mode");
-        let path = parts.next().expect("path").trim_start_matches('/').to_owned();
+        let path = parts
+            .next()
+            .expect("path")
+            .trim_start_matches('/')
+            .to_owned();
         let link = parts.next().unwrap_or("");
         match mode & 0o170_000 {
             0o040_000 => continue,
@@ -614,7 +632,11 @@ fn rpm_ships_the_debs_files_and_makes_its_symlinks_in_post() {
         .collect();
     assert_eq!(made, deb_links);
     // %config(noreplace) is the .deb's conffile.
-    let config = stdout_of(Command::new("rpm").args(["-qp", "--configfiles"]).arg(rpm_file(&dist)));
+    let config = stdout_of(
+        Command::new("rpm")
+            .args(["-qp", "--configfiles"])
+            .arg(rpm_file(&dist)),
+    );
     assert_eq!(
         String::from_utf8_lossy(&config).trim(),
         "/etc/codedeploy-agent/conf/codedeployagent.yml"
@@ -655,7 +677,10 @@ fn rpm_scriptlets_are_the_debs_maintainer_scripts() {
     let deb = deb_file(&dist);
     let control = stdout_of(Command::new("dpkg-deb").arg("--ctrl-tarfile").arg(&deb));
     let mut deb_scripts = BTreeMap::new();
-    for entry in tar::Archive::new(&control[..]).entries().expect("control tar") {
+    for entry in tar::Archive::new(&control[..])
+        .entries()
+        .expect("control tar")
+    {
         let mut entry = entry.expect("entry");
         let name = entry.path().expect("path").display().to_string();
         let name = name.trim_start_matches("./").to_owned();
@@ -681,10 +706,17 @@ fn rpm_scriptlets_are_the_debs_maintainer_scripts() {
     assert_eq!(deb_scripts.len(), steps.len(), "{:?}", deb_scripts.keys());
     for (deb_name, rpm_name, file) in steps {
         let want = read(&repo(file));
-        assert_eq!(deb_scripts[deb_name], want, "the .deb's {deb_name} is {file}");
+        assert_eq!(
+            deb_scripts[deb_name], want,
+            "the .deb's {deb_name} is {file}"
+        );
         let (interpreter, body) = &rpm[rpm_name];
         assert_eq!(interpreter, "/bin/sh", "{rpm_name}");
-        assert_eq!(body.trim_end(), want.trim_end(), "the .rpm's {rpm_name} is {file}");
+        assert_eq!(
+            body.trim_end(),
+            want.trim_end(),
+            "the .rpm's {rpm_name} is {file}"
+        );
     }
 }
 
@@ -692,7 +724,11 @@ fn rpm_scriptlets_are_the_debs_maintainer_scripts() {
 /// host's `sh` and the few commands the scripts use (with their shared libraries, found by
 /// `ldd`), and a fake `systemctl` that appends its arguments to `/systemctl-calls`.
 fn scratch_root(root: &Path) {
-    for (link, target) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
         fs::create_dir_all(root.join(target)).expect("mkdir");
         std::os::unix::fs::symlink(target, root.join(link)).expect("symlink");
     }
@@ -766,9 +802,17 @@ fn installed(root: &Path, before: &BTreeMap<String, String>) -> BTreeMap<String,
         .into_iter()
         .filter(|(k, _)| !before.contains_key(k))
         .filter(|(k, _)| {
-            !["dev", "root/.rpmdb", "var/lib/rpm", "usr/lib/sysimage/rpm", "var/tmp", "tmp", "systemctl-calls"]
-                .iter()
-                .any(|p| k == p || k.starts_with(&format!("{p}/")))
+            ![
+                "dev",
+                "root/.rpmdb",
+                "var/lib/rpm",
+                "usr/lib/sysimage/rpm",
+                "var/tmp",
+                "tmp",
+                "systemctl-calls",
+            ]
+            .iter()
+            .any(|p| k == p || k.starts_with(&format!("{p}/")))
         })
         .collect()
 }
@@ -797,10 +841,14 @@ fn rpm_installs_into_a_scratch_root_enabled_not_started_and_erases_clean() {
         said.contains("enabled, not started (systemd is not running"),
         "{said}"
     );
-    assert_eq!(systemctl_calls(&root), [unit.clone()]);
+    assert_eq!(systemctl_calls(&root), [unit]);
     let mut want = deb_listing(&deb_file(&dist));
     want.remove(DEB_ONLY);
-    assert_eq!(installed(&root, &before), want, "the rpm's files plus %post's symlinks");
+    assert_eq!(
+        installed(&root, &before),
+        want,
+        "the rpm's files plus %post's symlinks"
+    );
     assert_eq!(
         fs::read(root.join("opt/codedeploy-agent/bin/codedeploy-agent")).expect("binary"),
         fs::read(dist_binary(&dist)).expect("dist binary")
@@ -814,7 +862,10 @@ fn rpm_installs_into_a_scratch_root_enabled_not_started_and_erases_clean() {
         read(&repo("systemd/codedeploy-agent.service"))
     );
     // Both names on PATH run (through the absolute symlinks, so inside the root).
-    for (name, arg) in [("codedeploy-agent", "--version"), ("codedeploy-local", "--help")] {
+    for (name, arg) in [
+        ("codedeploy-agent", "--version"),
+        ("codedeploy-local", "--help"),
+    ] {
         let out = ok(Command::new("chroot")
             .arg(&root)
             .arg(format!("/usr/bin/{name}"))
@@ -830,7 +881,11 @@ fn rpm_installs_into_a_scratch_root_enabled_not_started_and_erases_clean() {
     // Upgrade (the same package again; %post gets 2, the old copy's %preun 1): an edited
     // config is kept, nothing is re-enabled or restarted, the symlinks stay.
     let mine = ":root_dir: '/srv/deployments'\n";
-    fs::write(root.join("etc/codedeploy-agent/conf/codedeployagent.yml"), mine).expect("edit");
+    fs::write(
+        root.join("etc/codedeploy-agent/conf/codedeployagent.yml"),
+        mine,
+    )
+    .expect("edit");
     let said = rpm_in(&root, &["--nodeps", "-U", "--replacepkgs", rpm]);
     assert!(said.contains("upgraded, not restarted"), "{said}");
     assert_eq!(systemctl_calls(&root), Vec::<String>::new());
@@ -840,7 +895,12 @@ fn rpm_installs_into_a_scratch_root_enabled_not_started_and_erases_clean() {
     );
     let now = installed(&root, &before);
     for link in want.iter().filter(|(_, v)| v.starts_with("->")) {
-        assert_eq!(now.get(link.0), Some(link.1), "{} after the upgrade", link.0);
+        assert_eq!(
+            now.get(link.0),
+            Some(link.1),
+            "{} after the upgrade",
+            link.0
+        );
     }
 
     // Erase: %preun 0 disables (no stop: systemd is not running) and removes the symlinks; the

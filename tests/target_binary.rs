@@ -107,7 +107,10 @@ fn the_binary_is_the_named_architecture() {
     assert_eq!(machine, want, "{}", t.bin.display());
     // A binary of another architecture needs the emulator (and then did not run natively).
     if machine != std::env::consts::ARCH {
-        assert!(t.runner.is_some(), "{machine} needs CODEDEPLOY_AGENT_TARGET_RUNNER");
+        assert!(
+            t.runner.is_some(),
+            "{machine} needs CODEDEPLOY_AGENT_TARGET_RUNNER"
+        );
     }
 }
 
@@ -128,7 +131,12 @@ fn version_names_this_release() {
 #[test]
 fn validate_accepts_the_example_and_lists_a_broken_ones_problems() {
     let t = target();
-    let run = Run::from(t.command().args(["validate", SAMPLE]).output().expect("run"));
+    let run = Run::from(
+        t.command()
+            .args(["validate", SAMPLE])
+            .output()
+            .expect("run"),
+    );
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("valid"), "{}", run.stdout);
     let json = Run::from(
@@ -148,13 +156,7 @@ fn validate_accepts_the_example_and_lists_a_broken_ones_problems() {
             "version: 1.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: scripts/missing.sh\n",
         )],
     );
-    let run = Run::from(
-        t.command()
-            .arg("validate")
-            .arg(&bad)
-            .output()
-            .expect("run"),
-    );
+    let run = Run::from(t.command().arg("validate").arg(&bad).output().expect("run"));
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stdout.contains("appspec.yml:1:10: error:"),
@@ -203,7 +205,16 @@ fn codedeploy_local_deploys_the_sample_with_its_hooks_from_a_directory_tgz_and_z
     for (round, (location, kind)) in rounds.iter().enumerate() {
         let run = t.local(
             &s,
-            &["-l", location, "-t", kind, "-a", "hello-app", "-d", "Target"],
+            &[
+                "-l",
+                location,
+                "-t",
+                kind,
+                "-a",
+                "hello-app",
+                "-d",
+                "Target",
+            ],
         );
         run.assert_ok();
         let log = scripts_log(&run);
@@ -229,10 +240,16 @@ fn codedeploy_local_deploys_the_sample_with_its_hooks_from_a_directory_tgz_and_z
             assert!(!log.contains("LifecycleEvent - ApplicationStop"), "{log}");
         } else {
             // ApplicationStop ran the previous revision's stop.sh, which found its app running.
-            assert!(log.contains("[stdout]stopping hello-app (pid "), "{kind}: {log}");
+            assert!(
+                log.contains("[stdout]stopping hello-app (pid "),
+                "{kind}: {log}"
+            );
         }
         let heartbeat = s.path().join("state/codedeploy-hello-app/heartbeat");
-        assert!(heartbeat.is_file(), "{kind}: the app started by the hook wrote nothing");
+        assert!(
+            heartbeat.is_file(),
+            "{kind}: the app started by the hook wrote nothing"
+        );
     }
     stop_sample_app(&s);
 }
@@ -304,11 +321,7 @@ fn hostile_bundles_are_refused_and_nothing_lands_outside() {
             vec![("hard", b'1', "/etc/passwd", b"")],
             "hard",
         ),
-        (
-            "device node",
-            vec![("dev", b'3', "", b"")],
-            "dev",
-        ),
+        ("device node", vec![("dev", b'3', "", b"")], "dev"),
     ];
     for (i, (what, entries, named)) in cases.iter().enumerate() {
         let mut bytes = Vec::new();
@@ -336,7 +349,10 @@ fn hostile_bundles_are_refused_and_nothing_lands_outside() {
             run.stdout, run.stderr
         );
         let said = format!("{}{}", run.stdout, run.stderr);
-        assert!(said.contains(named), "{what}: the error does not name {named}:\n{said}");
+        assert!(
+            said.contains(named),
+            "{what}: the error does not name {named}:\n{said}"
+        );
         let landed: Vec<_> = fs::read_dir(&outside)
             .expect("read outside")
             .flatten()
