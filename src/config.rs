@@ -44,6 +44,9 @@ fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(factor)
 }
 
+/// What the daemon runs when a hook asks for a reboot (`hook_reboot_command`).
+pub const DEFAULT_HOOK_REBOOT_COMMAND: &str = "systemctl reboot";
+
 /// The default configuration file, as the AWS agent packages it.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/codedeploy-agent/conf/codedeployagent.yml";
 
@@ -275,6 +278,12 @@ pub struct Config {
     pub reject_unsafe_permissions_in_bundle: bool,
     /// v2: the most bytes a bundle may unpack to (declared sizes); `None`: no cap.
     pub archive_max_extraction_size: Option<u64>,
+    /// v2 2.1: a restart deployment (`ReuseArchiveFromDeploymentId`) copies the named
+    /// deployment's unpacked archive instead of downloading (default on).
+    pub enable_archive_reuse: bool,
+    /// What the daemon runs (through `/bin/sh -c`) when a hook asks for a reboot; empty: hooks
+    /// cannot ask (default `systemctl reboot`).
+    pub hook_reboot_command: String,
     /// What the operator must be told about the file (unknown keys, keys without effect):
     /// every command shows these on stderr and in its log once logging is up
     /// ([`Config::report_warnings`]).
@@ -298,9 +307,8 @@ const ALWAYS_ON_V2_KEYS: &[&str] = &[
     "reject_symlink_permission_targets",
     // Windows only.
     "disable_powershell_profile_in_hooks",
-    // v2's debugging port and archive reuse: not offered here.
+    // v2's debugging port: not offered here.
     "enable_command_port",
-    "enable_archive_reuse",
 ];
 
 /// Reads `archive_max_extraction_size` as v2 does: bytes, or a whole number with `B`, `KB`,
@@ -388,6 +396,8 @@ impl Config {
             reject_unconfined_selinux_in_bundle: false,
             reject_unsafe_permissions_in_bundle: false,
             archive_max_extraction_size: None,
+            enable_archive_reuse: true,
+            hook_reboot_command: DEFAULT_HOOK_REBOOT_COMMAND.into(),
             warnings: Vec::new(),
             process_user: None,
             process_group: None,
@@ -651,6 +661,27 @@ impl Config {
                 }
                 "reject_unsafe_permissions_in_bundle" => {
                     config.reject_unsafe_permissions_in_bundle = boolean()?
+                }
+                "hook_reboot_command" => {
+                    config.hook_reboot_command = match value {
+                        RawValue::Null | RawValue::Bool(false) => String::new(),
+                        RawValue::Text(t) => t.trim().to_owned(),
+                        other => {
+                            return Err(invalid(
+                                key,
+                                format!(
+                                    "expected a command such as \"systemctl reboot\", or false \
+                                     to let no hook ask for a reboot, found {other}"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                "enable_archive_reuse" => {
+                    // Empty keeps the default (on), as in v2 2.1.
+                    if !matches!(value, RawValue::Null) {
+                        config.enable_archive_reuse = boolean()?;
+                    }
                 }
                 "archive_max_extraction_size" => {
                     config.archive_max_extraction_size = match value {

@@ -691,7 +691,11 @@ pub fn run(args: &LocalArgs) -> ExitCode {
         Err(e) => return fail(&e.message),
     };
     let mapping = HookMapping::identity(hook_events(run.events.as_deref()));
-    let settings = EngineSettings::from_config(&config, &root);
+    let mut settings = EngineSettings::from_config(&config, &root);
+    // A local run has no restart deployments: no archive digest to record for them.
+    settings.archive_reuse = false;
+    // Nothing would continue the deployment after a reboot: scripts are not offered one.
+    settings.hooks.reboot_requests = false;
     // S3 and GitHub locations get their network clients (and a runtime) here.
     let github_token = args
         .github_token

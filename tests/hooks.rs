@@ -90,6 +90,7 @@ impl Fixture {
             deployment_dir: &self.deployment,
             env: &self.env,
             options: &self.options,
+            first_script: 0,
         })
     }
 

@@ -14,14 +14,16 @@ use tokio::task::JoinSet;
 use super::backoff::{ThrottleGate, error_backoff, with_jitter};
 use super::notify::Notifier;
 use super::status::Observed;
-use super::tracking::{FAILED_AFTER_RESTART_PAYLOAD, OwedResult, Tracker};
+use super::tracking::{FAILED_AFTER_RESTART_PAYLOAD, OwedResult, Resume, Tracker};
 use crate::control::{ControlError, Envelope, ErrorClass, HostCommand, HostCommands, status};
 use crate::deploy::executor::{
-    CommandFailure, EngineSettings, Executor, HookMapping, Progress, SUCCESS_PAYLOAD,
+    CommandFailure, EngineSettings, Executor, HookMapping, Progress, ResumePoint, success_payload,
 };
 use crate::deploy::layout::DeploymentRoot;
 use crate::revision::{Fetch, Fetcher};
 use crate::spec::{self, DeploymentSpec};
+
+mod reboot;
 
 /// The payload of a noop command completed after the acknowledgement answered `Failed`.
 pub const NOOP_PAYLOAD: &str =
@@ -172,6 +174,8 @@ pub struct Agent<C> {
     pub options: DaemonOptions,
     gate: ThrottleGate,
     in_flight: Mutex<HashSet<String>>,
+    /// A hook's reboot is under way: the poll loop takes no more commands.
+    reboot_pending: std::sync::atomic::AtomicBool,
     group_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Deployments whose owed report (from an earlier run) recovery has not settled yet; a new
     /// command of one of them waits (`command_state`: its start would replace the files).
@@ -237,6 +241,7 @@ impl<C: HostCommands + 'static> Agent<C> {
             options,
             gate: ThrottleGate::default(),
             in_flight: Mutex::new(HashSet::new()),
+            reboot_pending: std::sync::atomic::AtomicBool::new(false),
             group_locks: Mutex::new(HashMap::new()),
             recovering: Mutex::new(HashSet::new()),
             recovery_progress: tokio::sync::Notify::new(),
@@ -480,7 +485,12 @@ impl<C: HostCommands + 'static> Agent<C> {
         owed: Vec<super::command_state::Owed>,
         stop: &watch::Receiver<Shutdown>,
     ) {
+        let mut resumes = Vec::new();
         for o in owed {
+            if let (None, Some(resume)) = (&o.result, &o.resume) {
+                resumes.push((o.clone(), resume.clone()));
+                continue;
+            }
             let result = match o.result {
                 Some(r) => r,
                 None => {
@@ -497,6 +507,12 @@ impl<C: HostCommands + 'static> Agent<C> {
             if self.report(&o.host_command_id, &result, stop).await {
                 self.tracker.accepted(&o.deployment_id, &o.host_command_id);
             }
+            self.recovered(&o.deployment_id);
+        }
+        // Commands that continue after a reboot, once every owed report is on its way.
+        for (o, resume) in resumes {
+            self.resume_after_reboot(&o.deployment_id, resume, stop)
+                .await;
             self.recovered(&o.deployment_id);
         }
     }
@@ -539,6 +555,16 @@ impl<C: HostCommands + 'static> Agent<C> {
             self.beat();
             if *shutdown.borrow() != Shutdown::Running {
                 return;
+            }
+            if self
+                .reboot_pending
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                // Waiting to be stopped by the reboot a hook asked for.
+                if sleep_or_shutdown(Duration::from_secs(1), shutdown).await {
+                    return;
+                }
+                continue;
             }
             // Reap finished tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
@@ -830,17 +856,40 @@ impl<C: HostCommands + 'static> Agent<C> {
         if let Err(e) = self.tracker.start(&deployment_id, &id) {
             tracing::error!(error = %e, "cannot write the deployment tracking file; running the command anyway");
         }
+        self.execute_and_report(&id, &name, &execution, &spec, None, stop)
+            .await;
+    }
+
+    /// Runs the command (from `resume` on when it continues after a reboot), records its
+    /// result and reports it until accepted. A hook's reboot request hands over to
+    /// [`Agent::reboot_for`]: then nothing is reported until the command ends after the boot.
+    async fn execute_and_report(
+        self: &Arc<Self>,
+        id: &str,
+        name: &str,
+        execution: &str,
+        spec: &DeploymentSpec,
+        resume: Option<&Resume>,
+        stop: &watch::Receiver<Shutdown>,
+    ) {
+        let deployment_id = spec.deployment_id.clone();
+        let started = std::time::SystemTime::now();
         let result = {
-            let (name, spec) = (name.clone(), spec.clone());
+            let (name, spec) = (name.to_owned(), spec.clone());
+            let at = resume.map(|r| ResumePoint {
+                event: r.event.clone(),
+                next_script: r.next_script,
+            });
             let observed = Arc::clone(&self.observed);
             self.engine
                 .blocking("the command", move |e| {
                     // The same per-group lock codedeploy-local holds for a whole deployment.
                     let _group_lock = e.group_lock(&spec)?;
-                    e.executor(&e.fetcher.for_spec(&spec)).execute(
+                    e.executor(&e.fetcher.for_spec(&spec)).execute_from(
                         &name,
                         &spec,
                         &e.mapping,
+                        at.as_ref(),
                         &mut |p| record_progress(&observed, &p),
                     )
                 })
@@ -855,9 +904,23 @@ impl<C: HostCommands + 'static> Agent<C> {
             return;
         }
         let owed = match result {
-            Ok(()) => OwedResult {
+            Ok(Some(reboot)) => {
+                // A resumed command keeps the deadline of its first run.
+                let deadline = resume.map_or_else(
+                    || reboot::unix_seconds(started + reboot.event_timeout),
+                    |r| r.deadline,
+                );
+                match self
+                    .reboot_for(id, name, execution, spec, &reboot, deadline)
+                    .await
+                {
+                    None => return,
+                    Some(failed) => failed,
+                }
+            }
+            Ok(None) => OwedResult {
                 status: status::SUCCEEDED.into(),
-                payload: SUCCESS_PAYLOAD.into(),
+                payload: success_payload(&self.engine.root, name, spec),
             },
             Err(f) => {
                 // The executor has logged the failure ("command … failed after …").
@@ -867,11 +930,23 @@ impl<C: HostCommands + 'static> Agent<C> {
                 }
             }
         };
-        if let Err(e) = self.tracker.finish(&deployment_id, &id, &owed) {
+        self.finish_and_report(&deployment_id, id, &owed, stop)
+            .await;
+    }
+
+    /// Finished → (report until accepted) → Idle.
+    async fn finish_and_report(
+        &self,
+        deployment_id: &str,
+        id: &str,
+        owed: &OwedResult,
+        stop: &watch::Receiver<Shutdown>,
+    ) {
+        if let Err(e) = self.tracker.finish(deployment_id, id, owed) {
             tracing::error!(error = %e, "cannot record the command's result before reporting it");
         }
-        if self.report(&id, &owed, stop).await {
-            self.tracker.accepted(&deployment_id, &id);
+        if self.report(id, owed, stop).await {
+            self.tracker.accepted(deployment_id, id);
         }
     }
 
@@ -907,6 +982,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::control::{DeploymentSpecification, SpecificationResponse};
+    use crate::deploy::executor::SUCCESS_PAYLOAD;
 
     /// An in-memory service: scripted answers, every call recorded.
     #[derive(Default)]

@@ -17,6 +17,15 @@
 //! | `Running` | T | reports `Failed`, code 7 |
 //! | `Finished` | T and R | reports R |
 //! | `Accepting` | R only | nothing (already accepted): deletes R |
+//! | `Rebooting` | T and S (no R) | continues the command after the reboot a hook asked for |
+//!
+//! S is `<DeploymentId>.resume` (JSON [`Resume`]: the command, its event, the next script and
+//! the deadline). `reboot` (Running → Rebooting, pause point `state-rebooting`) writes S before
+//! the reboot is started; after the boot `resumed` (Rebooting → Running, `state-resumed`)
+//! removes S, then the rest of the command runs and ends in `finish` as any command does. A
+//! kill while Rebooting continues the command at the next start; a kill after `resumed` is
+//! the kill of a running command (code 7). Past S's deadline the command is reported failed
+//! instead of continued.
 //!
 //! Transitions, each a [`test_pause_point`](crate::test_pause::test_pause_point) after its
 //! last write (`state-running`, `state-finished`, `state-accepting`, `state-idle`):
@@ -44,6 +53,9 @@ use serde::{Deserialize, Serialize};
 use crate::deploy::layout::write_atomic;
 use crate::test_pause::test_pause_point;
 
+/// The suffix of a `Rebooting` command's resume file.
+const RESUME_SUFFIX: &str = ".resume";
+
 /// Tracking files older than this are stale and deleted without a report (§4.3).
 pub const STALE_AFTER: Duration = Duration::from_secs(86_400);
 
@@ -68,6 +80,26 @@ struct ResultFile {
     result: OwedResult,
 }
 
+/// What `<DeploymentId>.resume` holds: a command that continues after the reboot one of its
+/// hooks asked for. No secret is kept: the specification is fetched again after the boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    #[serde(rename = "HostCommandIdentifier")]
+    pub host_command_id: String,
+    #[serde(rename = "CommandName")]
+    pub command_name: String,
+    #[serde(rename = "DeploymentExecutionId")]
+    pub deployment_execution_id: String,
+    #[serde(rename = "LifecycleEvent")]
+    pub event: String,
+    /// The index of the script to run first (the one after the script that asked).
+    #[serde(rename = "NextScript")]
+    pub next_script: usize,
+    /// Seconds since the epoch after which the command is reported as failed instead.
+    #[serde(rename = "Deadline")]
+    pub deadline: u64,
+}
+
 /// One command the agent owes a final report for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owed {
@@ -75,6 +107,8 @@ pub struct Owed {
     pub host_command_id: String,
     /// `None`: the command was running when the agent stopped.
     pub result: Option<OwedResult>,
+    /// With no result: the command continues after a reboot (`Rebooting`).
+    pub resume: Option<Resume>,
     pub modified: SystemTime,
 }
 
@@ -99,6 +133,39 @@ impl Tracker {
 
     fn result_file(&self, deployment_id: &str) -> PathBuf {
         self.dir.join(format!("{deployment_id}.result"))
+    }
+
+    fn resume_file(&self, deployment_id: &str) -> PathBuf {
+        self.dir.join(format!("{deployment_id}{RESUME_SUFFIX}"))
+    }
+
+    /// The resume file of `deployment_id`, when it is `host_command_id`'s.
+    fn resume_of(&self, deployment_id: &str, host_command_id: &str) -> Option<Resume> {
+        fs::read(self.resume_file(deployment_id))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Resume>(&b).ok())
+            .filter(|r| r.host_command_id == host_command_id)
+    }
+
+    /// Running → Rebooting: `resume.host_command_id` continues after the reboot one of its
+    /// hooks asked for. Written before the reboot is started.
+    pub fn reboot(&self, deployment_id: &str, resume: &Resume) -> io::Result<()> {
+        let json = serde_json::to_vec(resume).map_err(io::Error::other)?;
+        write_atomic(&self.resume_file(deployment_id), &json)?;
+        test_pause_point("state-rebooting");
+        Ok(())
+    }
+
+    /// Rebooting → Running: the command continues now (or is given up); a kill from here on
+    /// is a kill of a running command.
+    pub fn resumed(&self, deployment_id: &str) -> io::Result<()> {
+        match fs::remove_file(self.resume_file(deployment_id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        fs::File::open(&self.dir)?.sync_all()?;
+        test_pause_point("state-resumed");
+        Ok(())
     }
 
     /// The host command id the tracking file of `deployment_id` names.
@@ -127,6 +194,10 @@ impl Tracker {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
+        }
+        match fs::remove_file(self.resume_file(deployment_id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
         write_atomic(&self.file(deployment_id), host_command_id.as_bytes())?;
         test_pause_point("state-running");
@@ -171,6 +242,9 @@ impl Tracker {
             None => tracing::warn!(deployment_id, "the tracking file does not exist"),
         }
         test_pause_point("state-accepting");
+        if self.resume_of(deployment_id, host_command_id).is_some() {
+            let _ = fs::remove_file(self.resume_file(deployment_id));
+        }
         if self
             .recorded(deployment_id)
             .is_some_and(|r| r.host_command_id == host_command_id || r.host_command_id.is_empty())
@@ -203,7 +277,10 @@ impl Tracker {
             if name.starts_with('.') {
                 continue;
             }
-            if let Some(deployment_id) = name.strip_suffix(".result") {
+            if let Some(deployment_id) = name
+                .strip_suffix(".result")
+                .or_else(|| name.strip_suffix(RESUME_SUFFIX))
+            {
                 if !self.file(deployment_id).exists() {
                     orphans.push(entry.path());
                 }
@@ -215,6 +292,7 @@ impl Tracker {
                 tracing::info!(file = %path.display(), "deleting a stale deployment tracking file");
                 let _ = fs::remove_file(&path);
                 let _ = fs::remove_file(self.result_file(&name));
+                let _ = fs::remove_file(self.resume_file(&name));
                 continue;
             }
             let host_command_id = fs::read_to_string(&path)?.trim().to_owned();
@@ -228,10 +306,15 @@ impl Tracker {
                 .recorded(&name)
                 .filter(|r| r.host_command_id.is_empty() || r.host_command_id == host_command_id)
                 .map(|r| r.result);
+            let resume = result
+                .is_none()
+                .then(|| self.resume_of(&name, &host_command_id))
+                .flatten();
             owed.push(Owed {
                 deployment_id: name,
                 host_command_id,
                 result,
+                resume,
                 modified,
             });
         }
@@ -240,7 +323,10 @@ impl Tracker {
             let tracked = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".result"))
+                .and_then(|n| {
+                    n.strip_suffix(".result")
+                        .or_else(|| n.strip_suffix(RESUME_SUFFIX))
+                })
                 .is_some_and(|d| self.file(d).exists());
             if !tracked {
                 tracing::info!(file = %path.display(), "removing the result of a report the service already accepted");

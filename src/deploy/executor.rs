@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::deploy::hooks::{self, EventRun, HookEnv, HookError, HookOptions};
 use crate::deploy::install::{self, InstallRequest};
 use crate::deploy::layout::DeploymentRoot;
+use crate::deploy::reuse;
 use crate::revision::archive::{self, BundleType, UnpackOptions};
 use crate::revision::{Fetch, Fetched};
 use crate::spec::{DeploymentSpec, Revision};
@@ -81,6 +82,24 @@ impl From<HookError> for CommandFailure {
 pub const SUCCESS_PAYLOAD: &str =
     r#"{"error_code":0,"script_name":"","message":"Succeeded: ","log":""}"#;
 
+/// The payload of a successful `command`: [`SUCCESS_PAYLOAD`], except for the `DownloadBundle`
+/// of a restart deployment (one with `ReuseArchiveFromDeploymentId`), whose message carries
+/// v2's note of where the bundle came from (`Succeeded: BundleSource=archive-reuse` or
+/// `=downloaded`), which the service counts.
+pub fn success_payload(root: &DeploymentRoot, command: &str, spec: &DeploymentSpec) -> String {
+    if command != "DownloadBundle" || spec.reuse_archive_from_deployment_id.is_none() {
+        return SUCCESS_PAYLOAD.into();
+    }
+    let dir = root.deployment_dir(&spec.deployment_group_id, &spec.deployment_id);
+    match reuse::recorded_source(&dir) {
+        Some(source) => format!(
+            r#"{{"error_code":0,"script_name":"","message":"Succeeded: BundleSource={}","log":""}}"#,
+            source.as_str()
+        ),
+        None => SUCCESS_PAYLOAD.into(),
+    }
+}
+
 /// Which lifecycle events each command runs. `DownloadBundle` and `Install` are built in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookMapping(BTreeMap<String, Vec<String>>);
@@ -127,6 +146,11 @@ pub struct EngineSettings {
     pub unpack: UnpackOptions,
     pub hooks: HookOptions,
     pub os: Os,
+    /// `enable_archive_reuse`: honour `ReuseArchiveFromDeploymentId` and record each
+    /// download's digest for it ([`reuse`]).
+    pub archive_reuse: bool,
+    /// `hook_reboot_command`: what the daemon runs when a hook asks for a reboot.
+    pub reboot_command: String,
 }
 
 impl EngineSettings {
@@ -156,8 +180,11 @@ impl EngineSettings {
                     restrict_to_allowlist: config.restrict_hook_env_to_allowlist,
                     strip_loader_vars: config.strip_loader_env_in_hooks,
                 },
+                reboot_requests: !config.hook_reboot_command.trim().is_empty(),
             },
             os: Os::Linux,
+            archive_reuse: config.enable_archive_reuse,
+            reboot_command: config.hook_reboot_command.clone(),
         }
     }
 }
@@ -194,6 +221,24 @@ pub enum Progress {
         done: usize,
         total: usize,
     },
+}
+
+/// Where a command continues after the reboot one of its scripts asked for: the script after
+/// the one that asked, in the same lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ResumePoint {
+    pub event: String,
+    /// Index into the event's scripts (may be past the last one: the event is done).
+    pub next_script: usize,
+}
+
+/// A script asked for a reboot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebootRequest {
+    pub at: ResumePoint,
+    /// The sum of the event's script timeouts: the whole command must end within it, reboot
+    /// included.
+    pub event_timeout: Duration,
 }
 
 /// Which revision a hook event reads its appspec and scripts from (§2.2).
@@ -253,8 +298,8 @@ impl Executor<'_> {
         Ok(true)
     }
 
-    /// Runs one command to completion.
-    #[tracing::instrument(skip_all, fields(deployment_id = %spec.deployment_id, command = %command))]
+    /// Runs one command to completion (a reboot request, which only the daemon offers, ends
+    /// it like success).
     pub fn execute(
         &self,
         command: &str,
@@ -262,13 +307,42 @@ impl Executor<'_> {
         mapping: &HookMapping,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), CommandFailure> {
+        self.execute_from(command, spec, mapping, None, progress)
+            .map(|_| ())
+    }
+
+    /// Runs one command, from `resume` on when it continues after a reboot. `Ok(Some(_))`: a
+    /// hook asked for a reboot; the rest of the command runs after it.
+    #[tracing::instrument(skip_all, fields(deployment_id = %spec.deployment_id, command = %command))]
+    pub fn execute_from(
+        &self,
+        command: &str,
+        spec: &DeploymentSpec,
+        mapping: &HookMapping,
+        resume: Option<&ResumePoint>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Option<RebootRequest>, CommandFailure> {
         let started = Instant::now();
-        tracing::info!(group = %spec.deployment_group_id, "executing command {command}");
+        match resume {
+            None => {
+                tracing::info!(group = %spec.deployment_group_id, "executing command {command}")
+            }
+            Some(at) => tracing::info!(
+                group = %spec.deployment_group_id,
+                "continuing command {command} after a reboot, at script {} of {}",
+                at.next_script + 1,
+                at.event
+            ),
+        }
         crate::test_pause::test_panic_point("execute", Some(&spec.deployment_id));
-        let result = self.execute_inner(command, spec, mapping, progress);
+        let result = self.execute_inner(command, spec, mapping, resume, progress);
         let elapsed = started.elapsed().as_secs_f64();
         match &result {
-            Ok(()) => tracing::info!("command {command} succeeded in {elapsed:.3}s"),
+            Ok(None) => tracing::info!("command {command} succeeded in {elapsed:.3}s"),
+            Ok(Some(r)) => tracing::info!(
+                "command {command} stops after {elapsed:.3}s for the reboot a script of {} asked for",
+                r.at.event
+            ),
             Err(f) => tracing::warn!(
                 error_code = f.error_code,
                 script = %f.script_name,
@@ -289,10 +363,11 @@ impl Executor<'_> {
         command: &str,
         spec: &DeploymentSpec,
         mapping: &HookMapping,
+        resume: Option<&ResumePoint>,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<(), CommandFailure> {
+    ) -> Result<Option<RebootRequest>, CommandFailure> {
         self.check_group(spec)?;
-        let result = self.execute_command(command, spec, mapping, progress);
+        let result = self.execute_command(command, spec, mapping, resume, progress);
         if self.settings.restrict_agent_dirs
             && let Err(e) = crate::hardening::restrict_agent_dirs(
                 &self.root,
@@ -322,8 +397,9 @@ impl Executor<'_> {
         command: &str,
         spec: &DeploymentSpec,
         mapping: &HookMapping,
+        resume: Option<&ResumePoint>,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<(), CommandFailure> {
+    ) -> Result<Option<RebootRequest>, CommandFailure> {
         let dir = self.deployment_dir(spec);
         if fs::create_dir_all(&dir).is_err() || !dir.is_dir() {
             return Err(CommandFailure::unknown(format!(
@@ -332,18 +408,37 @@ impl Executor<'_> {
             )));
         }
         match command {
-            "DownloadBundle" => self.download_bundle(spec, &dir, progress),
-            "Install" => self.install(spec, &dir, mapping, progress),
+            "DownloadBundle" => self.download_bundle(spec, &dir, progress).map(|()| None),
+            "Install" => self.install(spec, &dir, mapping, progress).map(|()| None),
             _ => {
                 let Some(events) = mapping.events(command) else {
                     return Err(CommandFailure::unknown(format!(
                         "Unsupported command type: {command}."
                     )));
                 };
+                // After a reboot: the events before the one that asked are done.
+                let mut skipping = resume;
                 for event in events {
-                    self.run_hook_event(event, spec, &dir, progress)?;
+                    let first = match skipping {
+                        Some(at) if at.event != *event => continue,
+                        Some(at) => {
+                            skipping = None;
+                            at.next_script
+                        }
+                        None => 0,
+                    };
+                    if let Some(reboot) = self.run_hook_event(event, spec, &dir, first, progress)? {
+                        return Ok(Some(reboot));
+                    }
                 }
-                Ok(())
+                if let Some(at) = skipping {
+                    return Err(CommandFailure::unknown(format!(
+                        "Cannot continue command {command} after the reboot: it has no lifecycle \
+                         event {}",
+                        at.event
+                    )));
+                }
+                Ok(None)
             }
         }
     }
@@ -355,14 +450,18 @@ impl Executor<'_> {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), CommandFailure> {
         let started = Instant::now();
-        let group = &spec.deployment_group_id;
-        let removed = self
-            .root
-            .prune(group, &spec.deployment_id, self.settings.max_revisions)
-            .map_err(|e| CommandFailure::unknown(format!("Error deleting directories: {e}")))?;
-        for path in removed {
-            tracing::info!(path = %path.display(), "removed old deployment directory");
+        // Before pruning, so the deployment to reuse is still there.
+        if self.reused_archive(spec, dir) {
+            self.prune_group(spec)?;
+            self.record_most_recent(spec, dir)?;
+            progress(Progress::Downloaded {
+                files: 0,
+                bytes: 0,
+                elapsed: started.elapsed(),
+            });
+            return Ok(());
         }
+        self.prune_group(spec)?;
         let archive_dir = dir.join("deployment-archive");
         remove_if_present(&archive_dir).map_err(|e| {
             CommandFailure::unknown(format!("could not clear {}: {e}", archive_dir.display()))
@@ -388,21 +487,83 @@ impl Executor<'_> {
                 (summary.files, summary.bytes)
             }
         };
-        let instructions = self.root.instructions_dir();
-        fs::create_dir_all(&instructions)
-            .and_then(|()| self.root.set_most_recent(group, dir))
-            .map_err(|e| {
-                CommandFailure::unknown(format!(
-                    "could not record the most recent install in {}: {e}",
-                    instructions.display()
-                ))
-            })?;
+        reuse::record_download(dir, &spec.revision, self.settings.archive_reuse);
+        self.record_most_recent(spec, dir)?;
         progress(Progress::Downloaded {
             files,
             bytes,
             elapsed: started.elapsed(),
         });
         Ok(())
+    }
+
+    /// True when `ReuseArchiveFromDeploymentId` asked for reuse and the archive was reused;
+    /// the decision (and on a refusal, why) goes to the agent log, scripts.log and the
+    /// deployments log.
+    fn reused_archive(&self, spec: &DeploymentSpec, dir: &Path) -> bool {
+        let Some(source) = spec.reuse_archive_from_deployment_id.as_deref() else {
+            return false;
+        };
+        let (reused, line) = if !self.settings.archive_reuse {
+            (
+                false,
+                format!(
+                    "Archive reuse: not reusing the archive of deployment {source}: \
+                     enable_archive_reuse is off; downloading the revision"
+                ),
+            )
+        } else {
+            match reuse::reuse_archive(&self.root, spec) {
+                Ok(()) => (
+                    true,
+                    format!(
+                        "Archive reuse: reused the unpacked archive of deployment {source}; \
+                         the revision was not downloaded"
+                    ),
+                ),
+                Err(refused) => (
+                    false,
+                    format!(
+                        "Archive reuse: not reusing the archive of deployment {source}: \
+                         {refused}; downloading the revision"
+                    ),
+                ),
+            }
+        };
+        if reused {
+            tracing::info!(source_deployment = source, "{line}");
+        } else {
+            tracing::warn!(source_deployment = source, "{line}");
+        }
+        hooks::log_note(dir, &spec.deployment_id, &self.settings.hooks, &line);
+        reused
+    }
+
+    fn prune_group(&self, spec: &DeploymentSpec) -> Result<(), CommandFailure> {
+        let removed = self
+            .root
+            .prune(
+                &spec.deployment_group_id,
+                &spec.deployment_id,
+                self.settings.max_revisions,
+            )
+            .map_err(|e| CommandFailure::unknown(format!("Error deleting directories: {e}")))?;
+        for path in removed {
+            tracing::info!(path = %path.display(), "removed old deployment directory");
+        }
+        Ok(())
+    }
+
+    fn record_most_recent(&self, spec: &DeploymentSpec, dir: &Path) -> Result<(), CommandFailure> {
+        let instructions = self.root.instructions_dir();
+        fs::create_dir_all(&instructions)
+            .and_then(|()| self.root.set_most_recent(&spec.deployment_group_id, dir))
+            .map_err(|e| {
+                CommandFailure::unknown(format!(
+                    "could not record the most recent install in {}: {e}",
+                    instructions.display()
+                ))
+            })
     }
 
     /// Opens the appspec Install uses (§5.1): the spec's name, then `appspec.yaml`, through
@@ -554,13 +715,14 @@ impl Executor<'_> {
         event: &str,
         spec: &DeploymentSpec,
         current: &Path,
+        first_script: usize,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<(), CommandFailure> {
+    ) -> Result<Option<RebootRequest>, CommandFailure> {
         let Some((revision, appspec)) = self.hook_revision(event, spec)? else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(scripts) = appspec.scripts(event).filter(|s| !s.is_empty()) else {
-            return Ok(());
+            return Ok(None);
         };
         let started = Instant::now();
         progress(Progress::EventStarted {
@@ -575,19 +737,26 @@ impl Executor<'_> {
             env.extra.push(("BUNDLE_ETAG".into(), etag));
         }
         let archive_dir = revision.join("deployment-archive");
-        hooks::run_event(&EventRun {
+        let report = hooks::run_event(&EventRun {
             event,
             scripts,
             archive_dir: &archive_dir,
             deployment_dir: current,
             env: &env,
             options: &self.settings.hooks,
+            first_script,
         })?;
         progress(Progress::EventFinished {
             event: event.to_owned(),
             elapsed: started.elapsed(),
         });
-        Ok(())
+        Ok(report.reboot_after.map(|index| RebootRequest {
+            at: ResumePoint {
+                event: event.to_owned(),
+                next_script: index + 1,
+            },
+            event_timeout: Duration::from_secs(scripts.iter().map(|s| s.timeout).sum()),
+        }))
     }
 }
 

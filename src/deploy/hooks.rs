@@ -161,6 +161,8 @@ pub struct HookOptions {
     pub log_rotation: crate::logging::Rotation,
     /// What of the agent's environment hooks inherit (see [`hook_environment`]).
     pub env_policy: HookEnvPolicy,
+    /// Offer each script [`REBOOT_REQUEST_ENV`] (the daemon with `hook_reboot_command` set).
+    pub reboot_requests: bool,
 }
 
 /// How a hook's environment is built from the agent's (config `restrict_hook_env_to_allowlist`
@@ -273,6 +275,7 @@ impl Default for HookOptions {
             running: None,
             log_rotation: crate::config::DEFAULT_SCRIPTS_LOG_ROTATION,
             env_policy: HookEnvPolicy::default(),
+            reboot_requests: false,
         }
     }
 }
@@ -289,12 +292,22 @@ pub struct EventRun<'a> {
     pub deployment_dir: &'a Path,
     pub env: &'a HookEnv,
     pub options: &'a HookOptions,
+    /// Scripts before this index are skipped: they ran before the reboot one of them asked for.
+    pub first_script: usize,
 }
+
+/// The variable naming the file a script writes to ask for a reboot (docs/operations.md,
+/// "Rebooting from a hook"): the agent creates it empty before the script starts (owned by the
+/// script's user); anything written into it, by a script that then exits 0, asks the agent to
+/// reboot the instance and continue with the next script after the boot.
+pub const REBOOT_REQUEST_ENV: &str = "CODEDEPLOY_REBOOT_REQUEST_FILE";
 
 /// What a successful event did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventReport {
     pub scripts: Vec<ScriptReport>,
+    /// The index of the script that asked for a reboot; the scripts after it have not run.
+    pub reboot_after: Option<usize>,
 }
 
 /// One script that ran and succeeded.
@@ -360,8 +373,19 @@ pub fn run_event(run: &EventRun<'_>) -> Result<EventReport, HookError> {
                 source,
             })?,
         );
-    for (index, script) in run.scripts.iter().enumerate() {
+    if run.first_script > 0 {
+        log.entry(format!(
+            "Continuing after the reboot script {} of {} asked for\n",
+            run.first_script,
+            run.scripts.len()
+        ));
+    }
+    for (index, script) in run.scripts.iter().enumerate().skip(run.first_script) {
         let start = Instant::now();
+        let reboot_file = run
+            .options
+            .reboot_requests
+            .then(|| reboot_request_path(run));
         match run_script(run, &archive_dir, index, script, &mut log) {
             Ok(output_files) => {
                 if let Some(error) = log.take_error() {
@@ -372,9 +396,26 @@ pub fn run_event(run: &EventRun<'_>) -> Result<EventReport, HookError> {
                     elapsed: start.elapsed(),
                     output_files,
                 });
+                if reboot_file.as_deref().is_some_and(take_reboot_request) {
+                    log.entry(format!(
+                        "Script - {} asked for a reboot; the agent reboots the instance and \
+                         continues {} after the boot\n",
+                        script.location,
+                        match run.scripts.get(index + 1) {
+                            Some(next) => format!("with {}", next.location),
+                            None => format!("after {}", run.event),
+                        }
+                    ));
+                    report.reboot_after = Some(index);
+                    return Ok(report);
+                }
             }
             Err(StepError::Hook(e)) => return Err(e),
             Err(StepError::Script(failure)) => {
+                // A failed script's reboot request is not honoured.
+                if let Some(file) = &reboot_file {
+                    let _ = fs::remove_file(file);
+                }
                 let files = output_paths(run, index, script);
                 let summary = Summary {
                     event: run.event,
@@ -398,6 +439,58 @@ pub fn run_event(run: &EventRun<'_>) -> Result<EventReport, HookError> {
         }
     }
     Ok(report)
+}
+
+/// `<deployment_dir>/logs/reboot-request`: the file [`REBOOT_REQUEST_ENV`] names.
+fn reboot_request_path(run: &EventRun<'_>) -> PathBuf {
+    run.deployment_dir.join("logs").join("reboot-request")
+}
+
+/// Creates the empty request file for a script about to run as `user` (the agent's own user
+/// without one), replacing whatever was there.
+fn prepare_reboot_request(path: &Path, user: Option<&RunAsUser>) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if let Some(user) = user {
+        std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid))?;
+    }
+    Ok(())
+}
+
+/// True when the script wrote into its request file (a regular file, not a symlink), which is
+/// removed either way.
+fn take_reboot_request(path: &Path) -> bool {
+    let asked = fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0);
+    let _ = fs::remove_file(path);
+    asked
+}
+
+/// Writes one line about the deployment itself (not a script's output) to its scripts.log
+/// and the deployments log, timestamped as hook entries are. Failures are only warned about.
+pub fn log_note(deployment_dir: &Path, deployment_id: &str, options: &HookOptions, line: &str) {
+    match EventLog::open(
+        deployment_dir,
+        options.deployments_log.as_deref(),
+        deployment_id,
+        options.log_rotation,
+    ) {
+        Ok(mut log) => {
+            log.entry(format!("{line}\n"));
+            if let Some(e) = log.take_error() {
+                tracing::warn!(error = %e, "cannot write a note to the deployment's logs");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot open the deployment's logs for a note"),
+    }
 }
 
 /// The first line of a failure's `log`.
@@ -497,11 +590,23 @@ fn run_script(
         .map_err(|(kind, message)| fail_with_error(&kind, &message))?;
 
     let files = output_paths(run, index, script);
+    let reboot_file = run
+        .options
+        .reboot_requests
+        .then(|| reboot_request_path(run));
+    if let Some(path) = &reboot_file {
+        prepare_reboot_request(path, plan.user.as_ref()).map_err(|e| {
+            fail_with_error("RebootRequestFile", &format!("{e} - {}", path.display()))
+        })?;
+    }
     let deadline = Instant::now().checked_add(Duration::from_secs(script.timeout));
     let mut fallback_to_sh = false;
     let mut busy_retries = 0u32;
     let outcome = loop {
-        let cmd = build_command(&plan, run, archive_dir, fallback_to_sh);
+        let mut cmd = build_command(&plan, run, archive_dir, fallback_to_sh);
+        if let Some(path) = &reboot_file {
+            cmd.env(REBOOT_REQUEST_ENV, path);
+        }
         let capture = if run.options.wait_for_inherited_output {
             Capture::Pipes
         } else {

@@ -9,3 +9,4 @@ pub mod install;
 pub mod layout;
 pub mod permissions;
 pub mod plan;
+pub mod reuse;

@@ -44,7 +44,7 @@ impl UserLookupError {
 pub(crate) struct RunAsUser {
     pub(crate) name: String,
     pub(crate) uid: libc::uid_t,
-    gid: libc::gid_t,
+    pub(crate) gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
     home: PathBuf,
     shell: PathBuf,
