@@ -728,8 +728,13 @@ impl Config {
                         RawValue::Bool(false) => Some("off".to_owned()),
                         other => text().filter(|_| *other != RawValue::Null),
                     };
-                    crate::update::apply_key(&mut config.update, &mut update_pin, k, text.as_deref())
-                        .map_err(|m| invalid(key, m))?;
+                    crate::update::apply_key(
+                        &mut config.update,
+                        &mut update_pin,
+                        k,
+                        text.as_deref(),
+                    )
+                    .map_err(|m| invalid(key, m))?;
                 }
                 "children" if !matches!(value, RawValue::Int(1) | RawValue::Null) => {
                     return Err(invalid(key, "children can only be set to 1".into()));

@@ -143,15 +143,25 @@ fn completes_of(fake: &FakeService, id: &str) -> Vec<Complete> {
 }
 
 fn wait_complete(fake: &FakeService, id: &str, timeout: Duration) -> Complete {
-    assert!(
-        fake.wait_until(timeout, |_| !completes_of(fake, id).is_empty()),
-        "no final report for {id}"
-    );
-    completes_of(fake, id).remove(0)
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(c) = completes_of(fake, id).into_iter().next() {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no final report for {id}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn message(c: &Complete) -> String {
-    let payload = c.diagnostics.as_ref().map(|d| d.payload.clone()).unwrap_or_default();
+    let payload = c
+        .diagnostics
+        .as_ref()
+        .map(|d| d.payload.clone())
+        .unwrap_or_default();
     serde_json::from_str::<serde_json::Value>(&payload)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_owned))
@@ -206,8 +216,16 @@ fn update_command_installs_the_latest_release_restarts_into_it_and_reports_once(
         "{}",
         message(&done)
     );
-    assert_eq!(fs::read(&bin).expect("bin"), new, "the new binary is in place");
-    assert_eq!(fs::read(prev(&bin)).expect("prev"), old, "the old one is kept");
+    assert_eq!(
+        fs::read(&bin).expect("bin"),
+        new,
+        "the new binary is in place"
+    );
+    assert_eq!(
+        fs::read(prev(&bin)).expect("prev"),
+        old,
+        "the old one is kept"
+    );
     assert_eq!(agent.child.try_wait().expect("try_wait"), None);
     assert_eq!(agent.pid(), pid, "restarted in place (exec)");
     let all = wait_quiet(&fake, T);
@@ -251,7 +269,11 @@ fn a_pinned_version_is_installed_instead_of_the_latest_over_http() {
     let done = wait_complete(&fake, "hc-pinned", T);
     assert_eq!(done.command_status, "Succeeded", "{}", message(&done));
     assert!(message(&done).contains("to 0.0.5"), "{}", message(&done));
-    assert_eq!(fs::read(&bin).expect("bin"), pinned, "0.0.5, not the latest");
+    assert_eq!(
+        fs::read(&bin).expect("bin"),
+        pinned,
+        "0.0.5, not the latest"
+    );
 }
 
 #[test]
@@ -318,7 +340,11 @@ fn a_bad_checksum_is_refused_and_the_old_binary_kept() {
         .expect("ls")
         .map(|e| e.expect("entry").file_name())
         .collect();
-    assert_eq!(leftovers.len(), 1, "nothing left beside the binary: {leftovers:?}");
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "nothing left beside the binary: {leftovers:?}"
+    );
     assert_eq!(agent.child.try_wait().expect("try_wait"), None);
     assert_eq!(agent.pid(), pid);
 }
@@ -364,17 +390,25 @@ fn an_update_waits_until_the_running_command_finishes() {
     let done = run_commands(&fake, "held", &["DownloadBundle"], &spec, T);
     assert_eq!(done[0].command_status, "Succeeded");
     fake.set_spec("held/exec/hook", "CodeDeploy", spec.clone());
-    fake.enqueue(HOST, command("hc-hook", "BeforeInstall", HOST, "held/exec/hook"));
+    fake.enqueue(
+        HOST,
+        command("hc-hook", "BeforeInstall", HOST, "held/exec/hook"),
+    );
     assert!(fake.wait_until(T, |_| holding.exists()), "the hook runs");
 
     update_command(&fake, "hc-deferred");
-    assert!(
-        fake.wait_until(T, |_| fake
-            .acks()
-            .iter()
-            .any(|a| a.host_command_identifier == "hc-deferred")),
-        "the update is acknowledged"
-    );
+    let deadline = std::time::Instant::now() + T;
+    while !fake
+        .acks()
+        .iter()
+        .any(|a| a.host_command_identifier == "hc-deferred")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update is acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Deferred: polling stops, and nothing changes while the hook runs.
     let polls = fake.requests_for("PollHostCommand").len();
     assert!(
@@ -385,7 +419,11 @@ fn an_update_waits_until_the_running_command_finishes() {
             > polls + 1),
         "the agent keeps polling while an update waits"
     );
-    assert_eq!(fs::read(&bin).expect("bin"), old, "not replaced under a running command");
+    assert_eq!(
+        fs::read(&bin).expect("bin"),
+        old,
+        "not replaced under a running command"
+    );
     assert!(completes_of(&fake, "hc-deferred").is_empty());
 
     fs::write(&release, "").expect("release the hook");
@@ -445,9 +483,10 @@ fn a_new_binary_that_never_comes_up_is_rolled_back_and_reported_once() {
     );
     // The restored agent polls.
     let polls = fake.requests_for("PollHostCommand").len();
-    assert!(fake.wait_until(T, |r| r
-        .iter()
-        .filter(|r| r.operation == "PollHostCommand")
-        .count()
-        > polls));
+    assert!(fake.wait_until(T, |r| {
+        r.iter()
+            .filter(|r| r.operation == "PollHostCommand")
+            .count()
+            > polls
+    }));
 }

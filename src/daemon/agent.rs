@@ -260,7 +260,10 @@ impl<C: HostCommands + 'static> Agent<C> {
 
     /// Commands running now (including an update waiting for the others).
     pub(super) fn in_flight_count(&self) -> usize {
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub(super) fn beat(&self) {

@@ -290,8 +290,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let tracker = Tracker::new(root.ongoing_dir(&config.ongoing_deployment_tracking));
     // A pending self-update to this binary is confirmed here, where the first poll is
     // possible; recovery then reports the update command's result (src/update/state.rs).
-    let update_state =
-        crate::update::state::state_path(&config.pid_dir, &config.program_name);
+    let update_state = crate::update::state::state_path(&config.pid_dir, &config.program_name);
     crate::update::state::confirm_at_start(&update_state);
     let mut agent = Agent::new(
         client,

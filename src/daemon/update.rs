@@ -19,7 +19,10 @@ use crate::update::{TRACKING_ID, UpdatePolicy};
 
 impl<C: HostCommands + 'static> Agent<C> {
     /// Waits while an update is under way (no polls meanwhile). True when shutting down.
-    pub(super) async fn wait_while_updating(&self, shutdown: &mut watch::Receiver<Shutdown>) -> bool {
+    pub(super) async fn wait_while_updating(
+        &self,
+        shutdown: &mut watch::Receiver<Shutdown>,
+    ) -> bool {
         loop {
             let changed = self.commands_changed.notified();
             if !self.updating.load(Ordering::SeqCst) {
@@ -41,7 +44,11 @@ impl<C: HostCommands + 'static> Agent<C> {
     }
 
     /// One `UpdateDeploymentAgent` command.
-    pub(super) async fn process_update(self: &Arc<Self>, id: &str, stop: &watch::Receiver<Shutdown>) {
+    pub(super) async fn process_update(
+        self: &Arc<Self>,
+        id: &str,
+        stop: &watch::Receiver<Shutdown>,
+    ) {
         let diagnostics = Envelope::json(r#"{"IsCommandNoop":false}"#.to_owned());
         let ack = self
             .settle("the acknowledgement", id, stop, || {

@@ -48,9 +48,7 @@ impl Updater {
             proxy: config.proxy_uri.clone(),
             binary,
             state: state::state_path(&config.pid_dir, &config.program_name),
-            tracking_dir: config
-                .root_dir
-                .join(&config.ongoing_deployment_tracking),
+            tracking_dir: config.root_dir.join(&config.ongoing_deployment_tracking),
             log_file: config
                 .log_dir
                 .join(format!("{}-updater.log", config.program_name)),
@@ -153,7 +151,9 @@ impl Updater {
             let _ = std::fs::remove_file(&self.state);
             return Err(UpdateError::Restart {
                 path: self.binary.clone(),
-                message: format!("cannot start the update watcher: {message}; the old binary is back"),
+                message: format!(
+                    "cannot start the update watcher: {message}; the old binary is back"
+                ),
             });
         }
         Ok(())

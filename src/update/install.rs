@@ -181,7 +181,10 @@ mod tests {
         };
         swap(&install, &staged).expect("swap");
         assert_eq!(fs::read_to_string(&install).expect("read"), "new");
-        assert_eq!(fs::read_to_string(prev_path(&install)).expect("prev"), "old");
+        assert_eq!(
+            fs::read_to_string(prev_path(&install)).expect("prev"),
+            "old"
+        );
         assert!(!new.exists());
         restore(&install).expect("restore");
         assert_eq!(fs::read_to_string(&install).expect("read"), "old");

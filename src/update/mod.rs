@@ -275,9 +275,12 @@ mod tests {
             UpdatePolicy::Off
         );
         assert_eq!(
-            settings(&[("update_policy", "pinned"), ("update_pinned_version", "1.2.3")])
-                .expect("pinned")
-                .policy,
+            settings(&[
+                ("update_policy", "pinned"),
+                ("update_pinned_version", "1.2.3")
+            ])
+            .expect("pinned")
+            .policy,
             UpdatePolicy::Pinned(Version(1, 2, 3))
         );
         assert_eq!(

@@ -67,12 +67,11 @@ impl Source {
             if let Some(proxy) = proxy
                 && !is_loopback(&base)
             {
-                builder = builder.proxy(reqwest::Proxy::all(proxy).map_err(|e| {
-                    UpdateError::Fetch {
+                builder =
+                    builder.proxy(reqwest::Proxy::all(proxy).map_err(|e| UpdateError::Fetch {
                         url: base.clone(),
                         message: format!("proxy_uri {proxy} is not usable: {e}"),
-                    }
-                })?);
+                    })?);
             }
             builder = crate::control::identity::http_only(builder, base.starts_with("http://"));
             Some(builder.build().map_err(|e| UpdateError::Fetch {
@@ -126,7 +125,12 @@ impl Source {
         Ok(hex(hashing.context.finish().as_ref()))
     }
 
-    async fn fetch(&self, url: &str, out: &mut (dyn Write + Send), max: u64) -> Result<(), UpdateError> {
+    async fn fetch(
+        &self,
+        url: &str,
+        out: &mut (dyn Write + Send),
+        max: u64,
+    ) -> Result<(), UpdateError> {
         let err = |message: String| UpdateError::Fetch {
             url: url.to_owned(),
             message,
@@ -165,7 +169,10 @@ fn is_loopback(url: &str) -> bool {
     let host = url
         .split_once("://")
         .map_or("", |(_, rest)| rest.split(['/', ':']).next().unwrap_or(""));
-    host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 struct Hashing<'a> {

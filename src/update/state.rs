@@ -189,7 +189,10 @@ pub fn watch_command(state: &Path) -> std::process::ExitCode {
     }
     loop {
         let Some(s) = read(state) else {
-            crate::errln!("update-watch: {} is gone; nothing to watch", state.display());
+            crate::errln!(
+                "update-watch: {} is gone; nothing to watch",
+                state.display()
+            );
             return std::process::ExitCode::from(1);
         };
         if s.phase != Phase::Pending {
