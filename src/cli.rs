@@ -41,6 +41,19 @@ pub enum Command {
     PrepareImage(crate::prepare::PrepareArgs),
     /// Push a revision to S3, create a CodeDeploy deployment and follow it until it ends.
     Deploy(crate::push::DeployArgs),
+    /// Install the agent version update_policy asks for from update_source (the daemon does
+    /// this itself for CodeDeploy's UpdateDeploymentAgent command).
+    Update(crate::update::command::UpdateArgs),
+    /// The self-update's health watcher (started by the agent itself).
+    #[command(hide = true)]
+    UpdateWatch(UpdateWatchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateWatchArgs {
+    /// The update state file.
+    #[arg(long)]
+    pub state: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

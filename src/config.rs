@@ -293,6 +293,9 @@ pub struct Config {
     /// ([`Config::process_identity_refusal`]).
     pub process_user: Option<String>,
     pub process_group: Option<String>,
+    /// Ours: self-update (`update_policy`, `update_pinned_version`, `update_source`,
+    /// `update_health_timeout_seconds`; src/update).
+    pub update: crate::update::UpdateSettings,
 }
 
 /// v2 keys that this agent always behaves as if set to true (so setting them changes nothing)
@@ -401,6 +404,7 @@ impl Config {
             warnings: Vec::new(),
             process_user: None,
             process_group: None,
+            update: crate::update::UpdateSettings::default(),
         }
     }
 
@@ -479,6 +483,7 @@ impl Config {
         })?;
         let mut config = Self::system_defaults();
         config.path = Some(path.to_path_buf());
+        let mut update_pin: Option<String> = None;
         // Keys absent from the file take the AWS agent's code defaults, which differ from the
         // packaged file for a few keys.
         config.wait_between_runs = 30;
@@ -762,6 +767,19 @@ impl Config {
                         config.process_group = Some(name);
                     }
                 }
+                k if crate::update::KEYS.contains(&k) => {
+                    let text = match value {
+                        RawValue::Bool(false) => Some("off".to_owned()),
+                        other => text().filter(|_| *other != RawValue::Null),
+                    };
+                    crate::update::apply_key(
+                        &mut config.update,
+                        &mut update_pin,
+                        k,
+                        text.as_deref(),
+                    )
+                    .map_err(|m| invalid(key, m))?;
+                }
                 "children" if !matches!(value, RawValue::Int(1) | RawValue::Null) => {
                     return Err(invalid(key, "children can only be set to 1".into()));
                 }
@@ -786,6 +804,8 @@ impl Config {
                     .into(),
             ));
         }
+        crate::update::finish_settings(&mut config.update, update_pin.as_deref())
+            .map_err(|(k, m)| invalid(k, m))?;
         if config.use_fips_mode {
             tracing::debug!(
                 "use_fips_mode is set; the region check happens when the daemon starts"

@@ -19,6 +19,7 @@ pub mod push;
 pub mod revision;
 pub mod spec;
 pub mod test_pause;
+pub mod update;
 pub mod validate;
 
 /// The agent's version, as printed by `--version` and sent to the service.

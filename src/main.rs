@@ -21,5 +21,7 @@ fn main() -> ExitCode {
         Command::Status(args) => codedeploy_agent::daemon::status::command(&args),
         Command::PrepareImage(args) => codedeploy_agent::prepare::command(&args),
         Command::Deploy(args) => codedeploy_agent::push::run(&args),
+        Command::Update(args) => codedeploy_agent::update::command::run(&args),
+        Command::UpdateWatch(args) => codedeploy_agent::update::state::watch_command(&args.state),
     }
 }

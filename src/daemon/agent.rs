@@ -146,7 +146,7 @@ fn record_progress(observed: &Observed, p: &Progress) {
 }
 
 /// How a call of [`Agent::settle`] ended.
-enum Settled<T> {
+pub(super) enum Settled<T> {
     Accepted(T),
     /// The service definitively refused it.
     Rejected(ControlError),
@@ -187,6 +187,12 @@ pub struct Agent<C> {
     heartbeat: Mutex<Instant>,
     /// Status and metrics, shared with the status file writer and the health endpoint.
     pub observed: Arc<Observed>,
+    /// Self-update (`UpdateDeploymentAgent`, src/daemon/update.rs); `None`: refused.
+    pub updater: Option<Arc<crate::update::command::Updater>>,
+    /// Set while an update waits for running commands or switches binaries: no polls.
+    pub(super) updating: std::sync::atomic::AtomicBool,
+    /// Woken when a command leaves `in_flight` or `updating` is cleared.
+    pub(super) commands_changed: tokio::sync::Notify,
 }
 
 /// Why a polled command was not accepted (§1.9 step 2). Feeds the error backoff.
@@ -251,10 +257,21 @@ impl<C: HostCommands + 'static> Agent<C> {
                 host_identifier_for_status,
                 options_for_status.watchdog_stale_after,
             )),
+            updater: None,
+            updating: std::sync::atomic::AtomicBool::new(false),
+            commands_changed: tokio::sync::Notify::new(),
         }
     }
 
-    fn beat(&self) {
+    /// Commands running now (including an update waiting for the others).
+    pub(super) fn in_flight_count(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    pub(super) fn beat(&self) {
         *self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
@@ -326,7 +343,7 @@ impl<C: HostCommands + 'static> Agent<C> {
     /// retried with capped exponential backoff and jitter for as long as the error is
     /// transient or a matter of clock and credentials ([`ErrorClass`]), until the service
     /// answers, definitively rejects it, or an immediate shutdown stops it.
-    async fn settle<T, F, Fut>(
+    pub(super) async fn settle<T, F, Fut>(
         &self,
         what: &str,
         host_command_id: &str,
@@ -384,7 +401,7 @@ impl<C: HostCommands + 'static> Agent<C> {
     /// True when it is settled (accepted, or definitively rejected: retrying cannot change the
     /// answer), so its files may go; false when an immediate shutdown stopped it (the files
     /// keep what is owed for the next start). The decision is logged with the error code.
-    async fn report(
+    pub(super) async fn report(
         &self,
         host_command_id: &str,
         result: &OwedResult,
@@ -568,6 +585,9 @@ impl<C: HostCommands + 'static> Agent<C> {
             }
             // Reap finished tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
+            if self.wait_while_updating(shutdown).await {
+                return;
+            }
             // Wait for a free slot before asking for more work.
             let permit = tokio::select! {
                 p = Arc::clone(slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -604,6 +624,7 @@ impl<C: HostCommands + 'static> Agent<C> {
                                     .lock()
                                     .unwrap_or_else(|e| e.into_inner())
                                     .remove(&id);
+                                me.commands_changed.notify_waiters();
                             });
                         } else {
                             tracing::info!(host_command_id = %id, "command is already running; not starting it twice");
@@ -750,8 +771,12 @@ impl<C: HostCommands + 'static> Agent<C> {
             payload: CommandFailure::unknown(message).payload_json(),
         };
         self.observed.begin(&id, &name);
-        self.process_inner(&id, &name, &execution, failed, stop)
-            .await;
+        if name == crate::update::COMMAND_NAME {
+            self.process_update(&id, stop).await;
+        } else {
+            self.process_inner(&id, &name, &execution, failed, stop)
+                .await;
+        }
         // Whatever was not reported (an ack that said the command is done) leaves the list.
         self.observed.dropped(&id);
     }

@@ -7,6 +7,7 @@ pub mod command_state;
 pub mod notify;
 pub mod start;
 pub mod status;
+pub mod update;
 
 pub use agent::{Agent, DaemonOptions, Engine, Shutdown};
 

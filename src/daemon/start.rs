@@ -292,13 +292,28 @@ async fn serve(config: Config) -> Result<(), String> {
         ..DaemonOptions::default()
     };
     let tracker = Tracker::new(root.ongoing_dir(&config.ongoing_deployment_tracking));
-    let agent = Arc::new(Agent::new(
+    // A pending self-update to this binary is confirmed here, where the first poll is
+    // possible; recovery then reports the update command's result (src/update/state.rs).
+    let update_state = crate::update::state::state_path(&config.pid_dir, &config.program_name);
+    crate::update::state::confirm_at_start(&update_state);
+    let mut agent = Agent::new(
         client,
         identity.host_identifier.clone(),
         engine,
         tracker,
         options,
-    ));
+    );
+    match std::env::current_exe() {
+        Ok(binary) => {
+            agent.updater = Some(Arc::new(crate::update::command::Updater::from_config(
+                &config,
+                binary,
+                std::env::args_os().skip(1).collect(),
+            )));
+        }
+        Err(e) => tracing::warn!("cannot find this binary's path ({e}); self-update is off"),
+    }
+    let agent = Arc::new(agent);
 
     let status_path = super::status::status_file(&config.pid_dir, &config.program_name);
     let writer = tokio::spawn(super::status::write_periodically(

@@ -587,7 +587,7 @@ pub struct StatusArgs {
 }
 
 /// Whether a daemon holds the pid lock, and its pid.
-fn running_pid(config: &crate::config::Config) -> Option<u32> {
+pub fn running_pid(config: &crate::config::Config) -> Option<u32> {
     use std::os::fd::AsRawFd;
     let lock_path = config
         .pid_dir
