@@ -7,6 +7,7 @@ pipeline of one account (every environment in the tooling account) and of three 
 check its stages, the roles each action assumes, and who may assume them.
 """
 
+import fnmatch
 import json
 import re
 import unittest
@@ -44,15 +45,26 @@ def load(name):
     return yaml.load((TEMPLATES / name).read_text(), Loader=_Loader)
 
 
+class _Conditions(dict):
+    """Conditions evaluated when first used (one may refer to another defined after it)."""
+
+    def __init__(self, renderer, exprs):
+        super().__init__()
+        self.renderer, self.exprs = renderer, exprs
+
+    def __missing__(self, name):
+        value = self.renderer.resolve(self.exprs[name])
+        self[name] = value
+        return value
+
+
 class Renderer:
     def __init__(self, template, params, account=TOOLING, region="us-east-1"):
         self.t = template
         self.params = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
         self.params.update(params)
         self.pseudo = {"AWS::AccountId": account, "AWS::Region": region, "AWS::Partition": "aws"}
-        self.conditions = {}
-        for name, expr in template.get("Conditions", {}).items():
-            self.conditions[name] = self.resolve(expr)
+        self.conditions = _Conditions(self, template.get("Conditions", {}))
 
     def ref(self, name):
         if name in self.pseudo:
@@ -91,6 +103,10 @@ class Renderer:
                 return x == y
             if k == "Fn::Not":
                 return not self.resolve(a[0])
+            if k == "Fn::Or":
+                return any(self.resolve(x) for x in a)
+            if k == "Fn::And":
+                return all(self.resolve(x) for x in a)
             if k == "Fn::If":
                 return self.resolve(a[1] if self.conditions[a[0]] else a[2])
             if k == "Fn::FindInMap":
@@ -156,7 +172,7 @@ class InfraPipeline(Layouts, unittest.TestCase):
     def test_stage_order_lint_first_approval_before_test_and_prod(self):
         res = render_pipeline()
         names = [s["Name"] for s in self.stages(res)]
-        self.assertEqual(names, ["Source", "Lint", "DeployDev", "ApproveTest", "DeployTest", "ApproveProd", "DeployProd"])
+        self.assertEqual(names, ["Source", "Lint", "BuildLambdas", "DeployDev", "ApproveTest", "DeployTest", "ApproveProd", "DeployProd"])
         for stage in self.stages(res):
             if stage["Name"].startswith("Approve"):
                 (action,) = stage["Actions"]
@@ -181,9 +197,14 @@ class InfraPipeline(Layouts, unittest.TestCase):
                     self.assertEqual(a["Configuration"]["TemplatePath"], f"Source::pipeline/templates/{stack}.yml")
                     self.assertEqual(a["Configuration"]["TemplateConfiguration"], f"Source::pipeline/environments/{env}/{stack}.json")
                     self.assertTrue((TEMPLATES / f"{stack}.yml").is_file())
-            lambdas = next(a for a in actions if a["Name"] == "LambdasChangeSet")
-            # The Lambda code key follows the commit, so each commit updates the functions' code.
-            self.assertEqual(json.loads(lambdas["Configuration"]["ParameterOverrides"]), {"LambdaCodeVersion": "#{SourceVariables.CommitId}"})
+            # The Lambda code key follows the commit, so each commit updates the functions' code;
+            # the zips are read from the tooling account's bucket (BuildLambdas published them).
+            for name in ("LambdasChangeSet", "EnvironmentsChangeSet"):
+                change_set = next(a for a in actions if a["Name"] == name)
+                self.assertEqual(
+                    json.loads(change_set["Configuration"]["ParameterOverrides"]),
+                    {"LambdaCodeVersion": "#{SourceVariables.CommitId}", "LambdaCodeBucket": "<ArtifactBucket>"},
+                )
 
     def test_every_template_configuration_exists_and_sets_the_required_parameters(self):
         res = render_pipeline()
@@ -279,6 +300,120 @@ class InfraPipeline(Layouts, unittest.TestCase):
         self.assertEqual(stmt["Effect"], "Deny")
         self.assertIn("codecommit:GitPush", stmt["Action"])
         self.assertEqual(stmt["Condition"]["StringEqualsIfExists"]["codecommit:References"], ["refs/heads/main"])
+
+
+def allows(doc, action, resource, principal=None):
+    """Some Allow statement of `doc` matches action, resource (and principal, for resource
+    policies): IAM's wildcard matching of Action and Resource, literal principals."""
+    for s in statements(doc):
+        if s["Effect"] != "Allow":
+            continue
+        if not any(fnmatch.fnmatchcase(action, a) for a in as_list(s["Action"])):
+            continue
+        if not any(fnmatch.fnmatchcase(resource, r) for r in as_list(s["Resource"])):
+            continue
+        if principal is not None:
+            aws = as_list(s.get("Principal", {}).get("AWS", []))
+            account = principal.split(":")[4]
+            if f"arn:aws:iam::{account}:root" not in aws and principal not in aws:
+                continue
+            cond = s.get("Condition", {}).get("ArnLike", {}).get("aws:PrincipalArn")
+            if cond is not None and not any(fnmatch.fnmatchcase(principal, c) for c in as_list(cond)):
+                continue
+        return True
+    return False
+
+
+class LambdaCodeAcrossAccounts(Layouts, unittest.TestCase):
+    """The step that updates Lambda code CloudFormation cannot see changing works in every
+    environment account: BuildLambdas publishes the commit's zips once in the tooling account,
+    each environment's change sets point the functions at them, and CloudFormation in that
+    account (its cfn-exec role) may read them on both sides of the account boundary."""
+
+    BUCKET = "tooling-artifacts"
+    KEY_ARN = f"arn:aws:kms:us-east-1:{TOOLING}:key/k"
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def zips_the_stacks_read(self, **params):
+        keys = {}
+        for name in ("lambdas.yml", "environments.yml"):
+            res = Renderer(load(name), {"LambdaCodeVersion": self.COMMIT, **params}).resources()
+            for logical, r in res.items():
+                if r["Type"] == "AWS::Lambda::Function":
+                    keys[logical] = (r["Properties"]["Code"]["S3Bucket"], r["Properties"]["Code"]["S3Key"])
+        return keys
+
+    def test_the_functions_read_the_given_bucket_or_their_own(self):
+        tooling = self.zips_the_stacks_read(LambdaCodeBucket=self.BUCKET)
+        self.assertEqual(len(tooling), 7)
+        for logical, (bucket, key) in tooling.items():
+            self.assertEqual(bucket, self.BUCKET, logical)
+            self.assertRegex(key, rf"^codedeploy-agent/lambdas/{self.COMMIT}/[a-z-]+\.zip$")
+        own = self.zips_the_stacks_read()
+        for logical, (bucket, _) in own.items():
+            self.assertEqual(bucket, {"Fn::ImportValue": "codedeploy-agent-ArtifactBucket"}, logical)
+
+    def test_build_lambdas_publishes_every_zip_the_stacks_read_before_any_deployment(self):
+        spec_text = (TEMPLATES.parent / "buildspec-lambdas.yml").read_text()
+        spec = yaml.safe_load(spec_text)
+        build = "\n".join(spec["phases"]["build"]["commands"])
+        published = set(re.search(r"for bin in ([a-z -]+); do", build).group(1).split())
+        post = "\n".join(spec["phases"]["post_build"]["commands"])
+        self.assertIn('key="$PROJECT_NAME/lambdas/$commit/$(basename "$zip")"', post)
+        self.assertIn("--if-none-match '*'", post)
+        self.assertIn('commit="${COMMIT_ID:?', post)
+        read = {key.rsplit("/", 1)[1].removesuffix(".zip") for _, key in self.zips_the_stacks_read(LambdaCodeBucket=self.BUCKET).values()}
+        self.assertEqual(read, published)
+        for params in ({}, {"DevAccountId": DEV, "TestAccountId": TEST, "ProdAccountId": PROD}):
+            res = render_pipeline(**params)
+            names = [s["Name"] for s in self.stages(res)]
+            self.assertLess(names.index("BuildLambdas"), min(i for i, n in enumerate(names) if n.startswith("Deploy")))
+            (action,) = next(s for s in self.stages(res) if s["Name"] == "BuildLambdas")["Actions"]
+            self.assertEqual(action["Configuration"]["ProjectName"], "<LambdaBuildProject>")
+            env = json.loads(action["Configuration"]["EnvironmentVariables"])
+            self.assertEqual(env, [{"name": "COMMIT_ID", "value": "#{SourceVariables.CommitId}", "type": "PLAINTEXT"}])
+            project = res["LambdaBuildProject"]["Properties"]
+            self.assertEqual(project["Source"]["BuildSpec"], "pipeline/buildspec-lambdas.yml")
+            variables = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
+            self.assertEqual(variables, {"ARTIFACT_BUCKET": "<ArtifactBucket>", "PROJECT_NAME": "codedeploy-agent"})
+            # The build may write only the Lambda prefix.
+            (policy,) = res["LambdaBuildRole"]["Properties"]["Policies"]
+            writes = [s for s in statements(policy["PolicyDocument"]) if "s3:PutObject" in as_list(s["Action"])]
+            self.assertEqual([s["Resource"] for s in writes], ["<ArtifactBucket.Arn>/codedeploy-agent/lambdas/*"])
+            start = next(s for s in statements(res["PipelineRole"]["Properties"]["Policies"][0]["PolicyDocument"]) if s["Sid"] == "Lint")
+            self.assertIn("<LambdaBuildProject.Arn>", as_list(start["Resource"]))
+
+    def check_layout(self, accounts, **params):
+        res = render_pipeline(**params)
+        key = f"codedeploy-agent/lambdas/{self.COMMIT}/start-prod-image.zip"
+        bucket_policy = json.loads(json.dumps(res["ArtifactBucketPolicy"]["Properties"]["PolicyDocument"]).replace("<ArtifactBucket.Arn>", f"arn:aws:s3:::{self.BUCKET}"))
+        key_policy = res["ArtifactKey"]["Properties"]["KeyPolicy"]
+        for stage, account in accounts.items():
+            deploy = next(s for s in self.stages(res) if s["Name"] == stage)
+            for name in ("LambdasChangeSet", "EnvironmentsChangeSet"):
+                action = next(a for a in deploy["Actions"] if a["Name"] == name)
+                # The update step runs as that account's deployer, CloudFormation as its cfn-exec.
+                self.assertEqual(action["RoleArn"], f"arn:aws:iam::{account}:role/codedeploy-agent-deployer")
+                self.assertEqual(action["Configuration"]["RoleArn"], f"arn:aws:iam::{account}:role/codedeploy-agent-cfn-exec")
+            cfn_exec = f"arn:aws:iam::{account}:role/codedeploy-agent-cfn-exec"
+            # Resource side (tooling account): bucket and key policies.
+            self.assertTrue(allows(bucket_policy, "s3:GetObject", f"arn:aws:s3:::{self.BUCKET}/{key}", cfn_exec), stage)
+            self.assertTrue(allows(key_policy, "kms:Decrypt", "*", cfn_exec), stage)
+            self.assertFalse(allows(bucket_policy, "s3:PutObject", f"arn:aws:s3:::{self.BUCKET}/{key}", cfn_exec), stage)
+            self.assertFalse(allows(bucket_policy, "s3:GetObject", f"arn:aws:s3:::{self.BUCKET}/{key}", f"arn:aws:iam::{account}:role/someone-else"), stage)
+            # Identity side (environment account): cfn-exec may read objects of the tooling account.
+            deployer = Renderer(load("deployer-role.yml"), {"ToolingAccountId": TOOLING}, account=account).resources()
+            (policy,) = deployer["ExecutionRole"]["Properties"]["Policies"]
+            read = next(s for s in statements(policy["PolicyDocument"]) if s["Sid"] == "ReadToolingArtifacts")
+            self.assertTrue(allows({"Statement": [read]}, "s3:GetObject", f"arn:aws:s3:::{self.BUCKET}/{key}"))
+            self.assertEqual(read["Condition"], {"StringEquals": {"s3:ResourceAccount": TOOLING}})
+            self.assertTrue(allows(policy["PolicyDocument"], "kms:Decrypt", self.KEY_ARN))
+
+    def test_one_account(self):
+        self.check_layout({"DeployDev": TOOLING, "DeployTest": TOOLING, "DeployProd": TOOLING})
+
+    def test_three_accounts(self):
+        self.check_layout({"DeployDev": DEV, "DeployTest": TEST, "DeployProd": PROD}, DevAccountId=DEV, TestAccountId=TEST, ProdAccountId=PROD)
 
 
 class DeployerRole(unittest.TestCase):
