@@ -948,12 +948,31 @@ fn an_identity_document_that_trickles_is_given_up_and_the_daemon_starts() {
             ("AWS_HOST_IDENTIFIER", ""),
         ],
     );
+    assert_reported_after_a_trickle(
+        &fake,
+        &imds,
+        &agent,
+        "c-imds",
+        "a trickled identity document",
+    );
+}
+
+/// The daemon reported `id` as succeeded although IMDS trickled `what`, and it hung up on the
+/// trickle (IMDS saw the connection given up).
+#[track_caller]
+fn assert_reported_after_a_trickle(
+    fake: &FakeService,
+    imds: &support::fake_imds::FakeImds,
+    agent: &Daemon,
+    id: &str,
+    what: &str,
+) {
     let completes = fake.wait_for_completes(1, Duration::from_secs(60));
     assert!(
         completes
             .iter()
-            .any(|c| c.host_command_identifier == "c-imds" && c.command_status == "Succeeded"),
-        "no report after a trickled identity document; agent log:\n{}",
+            .any(|c| c.host_command_identifier == id && c.command_status == "Succeeded"),
+        "no report after {what}; agent log:\n{}",
         agent.log_text()
     );
     assert_eq!(
@@ -1002,20 +1021,7 @@ fn instance_credentials_that_trickle_are_given_up_and_polling_continues() {
             ("AWS_EC2_METADATA_DISABLED", "false"),
         ],
     );
-    let completes = fake.wait_for_completes(1, Duration::from_secs(60));
-    assert!(
-        completes
-            .iter()
-            .any(|c| c.host_command_identifier == "c-creds" && c.command_status == "Succeeded"),
-        "no report after trickled credentials; agent log:\n{}",
-        agent.log_text()
-    );
-    assert_eq!(
-        imds.wait_trickles_given_up(1, Duration::from_secs(5)),
-        1,
-        "the agent hung up on the trickle; IMDS saw {:#?}",
-        imds.requests()
-    );
+    assert_reported_after_a_trickle(&fake, &imds, &agent, "c-creds", "trickled credentials");
 }
 
 #[test]

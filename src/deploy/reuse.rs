@@ -197,11 +197,7 @@ pub fn tree_digest(dir: &Path) -> io::Result<(u64, String)> {
         }
         stack.extend(subdirs.into_iter().rev());
     }
-    Ok((entries, hex(outer.finish().as_ref())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok((entries, hex::encode(outer.finish())))
 }
 
 /// Records, after a download, how `deployment_dir`'s archive was obtained:

@@ -836,11 +836,7 @@ impl OrderedMd5 {
         let mut st = self.lock()?;
         st.catch_up(file, Some(total))?;
         let hasher = std::mem::take(&mut st.hasher);
-        Ok(hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
+        Ok(hex::encode(hasher.finalize()))
     }
 }
 

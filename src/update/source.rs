@@ -122,7 +122,7 @@ impl Source {
             context: Context::new(&SHA256),
         };
         self.fetch(url, &mut hashing, MAX_DOWNLOAD).await?;
-        Ok(hex(hashing.context.finish().as_ref()))
+        Ok(hex::encode(hashing.context.finish()))
     }
 
     async fn fetch(
@@ -201,10 +201,6 @@ pub fn parse_sums(text: &str, file: &str) -> Option<String> {
     })
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The SHA-256 (hex) of a file.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut file = File::open(path)?;
@@ -217,7 +213,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
         }
         context.update(&buf[..n]);
     }
-    Ok(hex(context.finish().as_ref()))
+    Ok(hex::encode(context.finish()))
 }
 
 /// Copies the tarball's `<dir>/bin/codedeploy-agent` into `out`.
